@@ -1,0 +1,35 @@
+"""What every bpbeval command line shares: one-line errors and rank-0 output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from bpbeval.errors import BpbevalError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+    """Run a command's ``main`` and exit; a user error prints one line and exits 1.
+
+    ``BpbevalError`` and ``OSError`` (a missing file, a full disk) are user errors:
+    they print ``error: <message>`` to stderr, with no traceback. Anything else is
+    a bug in bpbeval and keeps its traceback.
+    """
+    try:
+        code = main(argv)
+    except (BpbevalError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
