@@ -1,0 +1,233 @@
+"""Documents from Parquet shards, JSONL files and plain text files, streamed.
+
+One reader serves tokenizer training, scoring and the demo. Paths may be files or
+directories (expanded recursively, sorted, hidden files skipped); the format is
+chosen by suffix: ``.parquet`` (read one row group at a time, so nanochat's shards
+work as they are), ``.jsonl`` (one JSON object per line), anything else is one
+plain-text document per file. Every input must be valid UTF-8: bpb divides by the
+text's bytes, so a silently replaced byte would change the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bpbeval.errors import DataError
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a corpus.
+
+    Attributes:
+        id: stable and unique within the stream: ``"<file>:<row>"``, where ``<file>``
+            is the file name (or its path below a directory argument).
+        text: the document's text.
+        domain: an optional label (from ``domain_column``) for per-domain results.
+    """
+
+    id: str
+    text: str
+    domain: str | None = None
+
+
+def _expand(paths: PathLike | Sequence[PathLike]) -> list[tuple[str, Path]]:
+    """Return ``(key, file)`` pairs in a deterministic order; keys name files in document ids."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[tuple[str, Path]] = []
+    for arg in map(Path, paths):
+        if arg.is_dir():
+            found = sorted(p.relative_to(arg) for p in arg.rglob("*") if p.is_file())
+            files.extend(
+                (rel.as_posix(), arg / rel)
+                for rel in found
+                if not any(part.startswith(".") for part in rel.parts)
+            )
+        elif arg.is_file():
+            files.append((arg.name, arg))
+        else:
+            raise DataError(f"{arg}: no such file or directory")
+    keys = [key for key, _ in files]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise DataError(
+            f"two inputs are both named {dup!r}, so their document ids would collide; "
+            "pass their common parent directory instead"
+        )
+    return files
+
+
+def _decode(data: bytes, where: str, offset: int = 0) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{where}: not valid UTF-8 at byte offset {offset + e.start}; "
+            "convert the file to UTF-8 (bytes cannot be counted exactly otherwise)"
+        ) from None
+
+
+def _read_parquet(
+    path: Path, text_column: str, domain_column: str | None
+) -> Iterator[tuple[str, str | None]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    columns = [c for c in (text_column, domain_column) if c is not None]
+    for column in columns:
+        if column not in names:
+            raise DataError(
+                f"{path}: no column {column!r}; the columns are {names}; "
+                "choose one with --text-column/--domain-column"
+            )
+    row = 0
+    for group in range(pf.num_row_groups):
+        table = pf.read_row_group(group, columns=columns)
+        texts = table.column(text_column).to_pylist()
+        domains = table.column(domain_column).to_pylist() if domain_column else [None] * len(texts)
+        for text, domain in zip(texts, domains, strict=True):
+            where = f"{path}: row {row}"
+            if isinstance(text, bytes):
+                text = _decode(text, where)
+            if not isinstance(text, str):
+                raise DataError(f"{where}: column {text_column!r} holds {text!r}, not text")
+            yield text, None if domain is None else str(domain)
+            row += 1
+
+
+def _read_jsonl(
+    path: Path, text_column: str, domain_column: str | None
+) -> Iterator[tuple[str, str | None]]:
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}: line {lineno}"
+            line = _decode(raw, where, offset)
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            for column in (text_column, domain_column):
+                if column is not None and column not in obj:
+                    raise DataError(
+                        f"{where}: no key {column!r}; the keys are {sorted(obj)}; "
+                        "choose one with --text-column/--domain-column"
+                    )
+            text = obj[text_column]
+            if not isinstance(text, str):
+                kind = type(text).__name__
+                raise DataError(f"{where}: key {text_column!r} holds {kind}, not text")
+            domain = obj[domain_column] if domain_column else None
+            yield text, None if domain is None else str(domain)
+
+
+def _read_text(path: Path) -> Iterator[tuple[str, str | None]]:
+    yield _decode(path.read_bytes(), str(path)), None
+
+
+def read_documents(
+    paths: PathLike | Sequence[PathLike],
+    *,
+    text_column: str = "text",
+    domain_column: str | None = None,
+    max_docs: int | None = None,
+    max_bytes: int | None = None,
+) -> Iterator[Document]:
+    """Stream the documents of Parquet, JSONL and plain-text files, in a fixed order.
+
+    Args:
+        paths: files or directories (directories are expanded recursively, sorted).
+        text_column: the Parquet column or JSON key holding the text.
+        domain_column: an optional Parquet column or JSON key holding a domain label.
+        max_docs: stop after this many documents.
+        max_bytes: stop before the first document that would bring the total of UTF-8
+            bytes above this.
+
+    Raises:
+        DataError: a path is missing, a column is missing, input is not UTF-8, a JSONL
+            line is malformed, or there are no documents at all.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.jsonl").write_text('{"text": "héllo"}\\n{"text": "world"}\\n')
+        >>> [(doc.id, doc.text) for doc in read_documents(d, max_bytes=6)]
+        [('a.jsonl:0', 'héllo')]
+    """
+    count = total = 0
+    for key, path in _expand(paths):
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            rows = _read_parquet(path, text_column, domain_column)
+        elif suffix == ".jsonl":
+            rows = _read_jsonl(path, text_column, domain_column)
+        else:
+            rows = _read_text(path)
+        for row, (text, domain) in enumerate(rows):
+            if max_docs is not None and count >= max_docs:
+                return
+            if max_bytes is not None:
+                total += len(text.encode("utf-8"))
+                if total > max_bytes:
+                    if count == 0:
+                        raise DataError(
+                            f"max_bytes={max_bytes} is smaller than the first document "
+                            f"({total} bytes); raise it"
+                        )
+                    return
+            count += 1
+            yield Document(f"{key}:{row}", text, domain)
+    if count == 0:
+        raise DataError(f"no documents found in {paths}; point at .parquet, .jsonl or text files")
+
+
+def read_texts(
+    paths: PathLike | Sequence[PathLike],
+    *,
+    text_column: str = "text",
+    max_chars: int | None = None,
+    doc_cap: int | None = None,
+) -> Iterator[str]:
+    """Stream document texts for tokenizer training, as nanochat's ``tok_train`` does.
+
+    Args:
+        paths: as in :func:`read_documents`.
+        text_column: as in :func:`read_documents`.
+        max_chars: stop once this many characters have been yielded in total (the last
+            text is cut to fit exactly).
+        doc_cap: cut each document to its first ``doc_cap`` characters, so a few huge
+            documents cannot dominate the merges.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.jsonl").write_text('{"text": "abcdef"}\\n{"text": "ghijkl"}\\n')
+        >>> list(read_texts(d, doc_cap=4, max_chars=6))
+        ['abcd', 'gh']
+    """
+    total = 0
+    for doc in read_documents(paths, text_column=text_column):
+        text = doc.text if doc_cap is None else doc.text[:doc_cap]
+        if max_chars is not None:
+            text = text[: max_chars - total]
+        total += len(text)
+        yield text
+        if max_chars is not None and total >= max_chars:
+            return
