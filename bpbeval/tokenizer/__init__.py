@@ -1,0 +1,22 @@
+"""Tokenizers for exact bits per byte: train, run, save, audit, adapt, and read nanochat's.
+
+bpb is only as fair as ``token_bytes``, the UTF-8 bytes each token id stands for. Ours come
+from each token's raw bytes, never from ``decode`` (which turns a partial UTF-8 sequence into
+a 3-byte U+FFFD); :func:`audit` checks that they add up to the text's bytes.
+"""
+
+from bpbeval.tokenizer.core import (
+    SPECIAL_TOKENS,
+    SPLIT_PATTERN,
+    TextTokenizer,
+    Tokenizer,
+    train,
+)
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "SPLIT_PATTERN",
+    "TextTokenizer",
+    "Tokenizer",
+    "train",
+]

@@ -1,0 +1,327 @@
+"""Our tokenizer: trained by rustbpe, run by tiktoken, saved and loaded without pickle.
+
+A saved tokenizer is a directory of three plain files:
+
+- ``tokenizer.tiktoken``: the mergeable ranks in tiktoken's BPE format (``base64(token) rank``);
+- ``tokenizer.json``: pattern, special tokens and their ids, bos, format version and hashes;
+- ``token_bytes.npy``: the int32 byte length of every id (0 for special tokens), so other
+  tools can read it without tiktoken (``numpy.load(..., allow_pickle=False)``).
+
+The tokenizer's identity is ``hash``: a SHA-256 over the pattern, the special tokens, the
+bos id and the SHA-256 of the ranks file. Checkpoints record it; ``load`` verifies it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import rustbpe
+import tiktoken
+import torch
+
+from bpbeval.errors import TokenizerError
+from bpbeval.files import atomic_directory
+
+# GPT-4's split pattern with \p{N}{1,2} instead of \p{N}{1,3}, as nanochat uses: fewer number
+# tokens leaves more of a small vocabulary for words.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# The first one is the bos token; the rest are nanochat's chat tokens, kept so that token ids
+# line up with nanochat's.
+SPECIAL_TOKENS = (
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+)
+
+FORMAT_VERSION = 1
+RANKS_FILE = "tokenizer.tiktoken"
+CONFIG_FILE = "tokenizer.json"
+TOKEN_BYTES_FILE = "token_bytes.npy"
+
+
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """What scoring needs from a tokenizer: ours, or one adapted from tiktoken or Hugging Face."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (one more than the largest id)."""
+        ...
+
+    @property
+    def bos_id(self) -> int:
+        """The token the model is conditioned on before a document (BOS, else EOS)."""
+        ...
+
+    @property
+    def hash(self) -> str:
+        """Hex identity of the tokenizer's content; checkpoints record it."""
+        ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        ...
+
+    def token_bytes(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """int32 tensor ``[vocab_size]``: the UTF-8 bytes each token stands for, 0 if special."""
+        ...
+
+
+def sha256_json(obj: object) -> str:
+    """The hex SHA-256 of ``obj`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _dump_ranks(ranks: dict[bytes, int]) -> bytes:
+    return b"".join(
+        base64.b64encode(token) + b" " + str(rank).encode() + b"\n"
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1])
+    )
+
+
+def _parse_ranks(data: bytes, path: Path) -> dict[bytes, int]:
+    ranks = {}
+    for lineno, line in enumerate(data.splitlines(), start=1):
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise TokenizerError(
+                f"{path} is corrupt: line {lineno} is not 'base64(token) rank'"
+            ) from None
+    return ranks
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer run by ``tiktoken``, with exact ``token_bytes``.
+
+    Build one with :func:`train`, :meth:`load`, :func:`bpbeval.tokenizer.from_tiktoken` or
+    :func:`bpbeval.tokenizer.load_nanochat`.
+
+    Args:
+        encoding: the ``tiktoken.Encoding`` to run.
+        bos: the name of the special token that starts every document.
+
+    Example:
+        >>> tok = train(["the cat sat on the mat"] * 10, vocab_size=256 + 9 + 4)
+        >>> ids = tok.encode("the mat")
+        >>> tok.decode(ids), tok.vocab_size, tok.bos_id
+        ('the mat', 269, 260)
+        >>> int(tok.token_bytes()[ids].sum()) == len("the mat".encode())
+        True
+    """
+
+    def __init__(self, encoding: tiktoken.Encoding, *, bos: str) -> None:
+        if bos not in encoding.special_tokens_set:
+            raise TokenizerError(
+                f"{bos!r} is not a special token of encoding {encoding.name!r}; "
+                f"its special tokens are {sorted(encoding.special_tokens_set)}"
+            )
+        self.encoding = encoding
+        self.bos = bos
+        self.bos_id = encoding.encode_single_token(bos)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos!r}, hash={self.hash[:12]})"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoding.n_vocab
+
+    @functools.cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Special token names and their ids, in id order."""
+        ids = {s: self.encoding.encode_single_token(s) for s in self.encoding.special_tokens_set}
+        return dict(sorted(ids.items(), key=lambda item: item[1]))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; special-token strings in it are encoded as plain text."""
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        """Token ids of each text, encoded on ``num_threads`` threads (tiktoken drops the GIL)."""
+        return self.encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.encoding.decode(list(ids))
+
+    @functools.cached_property
+    def _ranks(self) -> dict[bytes, int]:
+        enc = self.encoding
+        return {token: enc.encode_single_token(token) for token in enc.token_byte_values()}
+
+    @functools.cached_property
+    def _lengths(self) -> np.ndarray:
+        # From each token's raw bytes, not from decode(): a token that is not valid UTF-8 on
+        # its own would decode to U+FFFD and count 3 bytes.
+        lengths = np.zeros(self.vocab_size, dtype=np.int32)
+        for token, rank in self._ranks.items():
+            lengths[rank] = len(token)
+        return lengths
+
+    def token_bytes(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """int32 tensor ``[vocab_size]`` of the bytes each token stands for (0 for specials)."""
+        return torch.from_numpy(self._lengths).to(device=device, copy=True)
+
+    @functools.cached_property
+    def _ranks_file(self) -> bytes:
+        return _dump_ranks(self._ranks)
+
+    @functools.cached_property
+    def _identity(self) -> dict[str, object]:
+        return {
+            # tiktoken keeps the pattern only in this attribute.
+            "pattern": self.encoding._pat_str,
+            "special_tokens": self.special_tokens,
+            "bos_id": self.bos_id,
+            "ranks_sha256": hashlib.sha256(self._ranks_file).hexdigest(),
+        }
+
+    @functools.cached_property
+    def hash(self) -> str:
+        """Hex SHA-256 identity of the tokenizer's content (not of its name)."""
+        return sha256_json(self._identity)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write the tokenizer to ``directory`` atomically, replacing what was there."""
+        config = {
+            "format_version": FORMAT_VERSION,
+            "name": self.encoding.name,
+            **self._identity,
+            "hash": self.hash,
+        }
+        with atomic_directory(directory) as tmp:
+            (tmp / RANKS_FILE).write_bytes(self._ranks_file)
+            np.save(tmp / TOKEN_BYTES_FILE, self._lengths, allow_pickle=False)
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+        """Read a tokenizer written by :meth:`save`, verifying every file against its hash.
+
+        Raises:
+            TokenizerError: the directory or one of its files is missing or corrupt.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise TokenizerError(f"{directory}: no such tokenizer directory")
+        for name in (CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE):
+            if not (directory / name).is_file():
+                raise TokenizerError(f"{directory / name} is missing; save the tokenizer again")
+
+        config_path = directory / CONFIG_FILE
+        try:
+            config = json.loads(config_path.read_text("utf-8"))
+            version = config["format_version"]
+            if version != FORMAT_VERSION:
+                raise TokenizerError(
+                    f"{config_path} has format version {version}; "
+                    f"this bpbeval reads version {FORMAT_VERSION}"
+                )
+            identity = {key: config[key] for key in ("pattern", "special_tokens", "bos_id")}
+            identity["ranks_sha256"] = config["ranks_sha256"]
+            name, expected_hash = config["name"], config["hash"]
+            bos = {i: s for s, i in identity["special_tokens"].items()}[identity["bos_id"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise TokenizerError(f"{config_path} is corrupt ({type(e).__name__}: {e})") from None
+        if sha256_json(identity) != expected_hash:
+            raise TokenizerError(f"{config_path} is corrupt: its content does not match its hash")
+
+        ranks_path = directory / RANKS_FILE
+        data = ranks_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != identity["ranks_sha256"]:
+            raise TokenizerError(f"{ranks_path} is corrupt: its SHA-256 is not the recorded one")
+        try:
+            encoding = tiktoken.Encoding(
+                name,
+                pat_str=identity["pattern"],
+                mergeable_ranks=_parse_ranks(data, ranks_path),
+                special_tokens=identity["special_tokens"],
+            )
+        except (ValueError, TypeError) as e:
+            raise TokenizerError(f"{config_path} is corrupt: {e}") from None
+        tokenizer = cls(encoding, bos=bos)
+
+        bytes_path = directory / TOKEN_BYTES_FILE
+        try:
+            stored = np.load(bytes_path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise TokenizerError(f"{bytes_path} is corrupt ({e})") from None
+        if stored.dtype != np.int32 or not np.array_equal(stored, tokenizer._lengths):
+            raise TokenizerError(f"{bytes_path} is corrupt: it disagrees with {RANKS_FILE}")
+        return tokenizer
+
+
+def train(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    pattern: str = SPLIT_PATTERN,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS,
+) -> Tokenizer:
+    """Train a byte-level BPE tokenizer with rustbpe; run it with tiktoken.
+
+    Args:
+        texts: the training documents, streamed once.
+        vocab_size: the total number of ids: 256 byte tokens, the merges, then the special
+            tokens. ``256 + len(special_tokens)`` gives a byte-level tokenizer (no merges).
+        pattern: the pre-tokenisation regex; merges never cross its pieces.
+        special_tokens: their names; the first one is the bos token.
+
+    Raises:
+        TokenizerError: ``vocab_size`` is too small, the pattern is invalid, or the text
+            yields fewer merges than asked (the special ids would shift).
+
+    Example:
+        >>> tok = train(["ab ab ab"], vocab_size=256 + 1, special_tokens=["<|bos|>"])
+        >>> tok.encode("ab"), tok.bos_id
+        ([97, 98], 256)
+    """
+    specials = list(special_tokens)
+    if not specials or len(set(specials)) != len(specials):
+        raise TokenizerError(f"special_tokens must be distinct and at least one: {specials}")
+    n_ranks = vocab_size - len(specials)
+    if n_ranks < 256:
+        raise TokenizerError(
+            f"vocab_size={vocab_size} is too small: 256 byte tokens and {len(specials)} special "
+            f"tokens need at least {256 + len(specials)}"
+        )
+    bpe = rustbpe.Tokenizer()
+    try:
+        bpe.train_from_iterator(iter(texts), n_ranks, pattern=pattern)
+    except ValueError as e:
+        raise TokenizerError(f"cannot train: {e}") from None
+    ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
+    if len(ranks) < n_ranks:
+        raise TokenizerError(
+            f"the training text yields only {len(ranks) - 256} merges, not the "
+            f"{n_ranks - 256} that vocab_size={vocab_size} needs; ask for "
+            f"vocab_size={len(ranks) + len(specials)} or less, or train on more text"
+        )
+    encoding = tiktoken.Encoding(
+        "bpbeval",
+        pat_str=bpe.get_pattern(),
+        mergeable_ranks=ranks,
+        special_tokens={name: len(ranks) + i for i, name in enumerate(specials)},
+    )
+    return Tokenizer(encoding, bos=specials[0])
