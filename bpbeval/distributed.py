@@ -1,0 +1,129 @@
+"""Ranks under ``torchrun``: start the process group, shard work, gather to rank 0.
+
+On one process everything here is a no-op, so the scoring code reads the same
+with and without ``torchrun``. Documents are sharded round-robin by position,
+which needs no communication and gives every rank at most one more than another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def rank() -> int:
+    """This process's rank, 0 without a process group.
+
+    Example:
+        >>> rank()
+        0
+    """
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """How many processes score together, 1 without a process group.
+
+    Example:
+        >>> world_size()
+        1
+    """
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def device_for_rank(device: str | torch.device) -> torch.device:
+    """The device this rank uses: ``cuda`` becomes ``cuda:$LOCAL_RANK`` under ``torchrun``.
+
+    Example:
+        >>> device_for_rank("cpu")
+        device(type='cpu')
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+@contextlib.contextmanager
+def process_group(device: str | torch.device) -> Iterator[None]:
+    """Join the ``torchrun`` process group for the body, if launched by ``torchrun``.
+
+    Reads the standard environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...).
+    The backend is NCCL for CUDA devices and gloo otherwise. Without ``WORLD_SIZE``,
+    or when a group already exists (the caller owns it), the body runs as is.
+
+    Example:
+        >>> with process_group("cpu"):
+        ...     world_size()
+        1
+    """
+    device = device_for_rank(device)
+    if "WORLD_SIZE" not in os.environ or dist.is_initialized():
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[T]) -> list[tuple[int, T]]:
+    """This rank's share of ``items`` with their positions: every ``world_size()``-th item.
+
+    Example:
+        >>> shard(["a", "b", "c"])
+        [(0, 'a'), (1, 'b'), (2, 'c')]
+    """
+    return [(i, items[i]) for i in range(rank(), len(items), world_size())]
+
+
+def gather_to_rank0(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0; ``None`` on the other ranks.
+
+    Example:
+        >>> gather_to_rank0({"docs": 3})
+        [{'docs': 3}]
+    """
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank.
+
+    Example:
+        >>> all_gather(1)
+        [1]
+    """
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (other ranks' argument is ignored).
+
+    Example:
+        >>> broadcast_from_rank0("total")
+        'total'
+    """
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
