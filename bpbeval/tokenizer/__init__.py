@@ -5,6 +5,8 @@ from each token's raw bytes, never from ``decode`` (which turns a partial UTF-8 
 a 3-byte U+FFFD); :func:`audit` checks that they add up to the text's bytes.
 """
 
+from bpbeval.tokenizer.adapters import HuggingFaceTokenizer, from_huggingface, from_tiktoken
+from bpbeval.tokenizer.audit import AuditReport, TokenMismatch, Violation, audit
 from bpbeval.tokenizer.core import (
     SPECIAL_TOKENS,
     SPLIT_PATTERN,
@@ -12,11 +14,20 @@ from bpbeval.tokenizer.core import (
     Tokenizer,
     train,
 )
+from bpbeval.tokenizer.nanochat import load_nanochat
 
 __all__ = [
     "SPECIAL_TOKENS",
     "SPLIT_PATTERN",
+    "AuditReport",
+    "HuggingFaceTokenizer",
     "TextTokenizer",
+    "TokenMismatch",
     "Tokenizer",
+    "Violation",
+    "audit",
+    "from_huggingface",
+    "from_tiktoken",
+    "load_nanochat",
     "train",
 ]
