@@ -175,8 +175,8 @@ def paired_figures(
     a, b = (np.asarray(x, dtype=np.float64)[keep] for x in (nats_a, nats_b))
     t_a, t_b = (np.asarray(x, dtype=np.int64)[keep] for x in (tokens_a, tokens_b))
     total_bytes = int(n_bytes.sum())
-    fig_a = ModelFigures(float(a.sum()), total_bytes, int(t_a.sum()))
-    fig_b = ModelFigures(float(b.sum()), total_bytes, int(t_b.sum()))
+    fig_a = ModelFigures(math.fsum(a), total_bytes, int(t_a.sum()))
+    fig_b = ModelFigures(math.fsum(b), total_bytes, int(t_b.sum()))
     deltas = bootstrap_delta(a, b, n_bytes, replicates=replicates, seed=seed)
     tail = (1 - CONFIDENCE) / 2
     lo, hi = np.quantile(deltas, [tail, 1 - tail])
