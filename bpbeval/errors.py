@@ -31,3 +31,7 @@ class ScoringError(BpbevalError):
 
 class CacheError(BpbevalError):
     """A result cache cannot be read or written."""
+
+
+class MissingDependencyError(BpbevalError):
+    """An optional extra (``bpbeval[plot]``, ``bpbeval[hf]``) is needed but not installed."""
