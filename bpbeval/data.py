@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,6 +198,30 @@ def read_documents(
         raise DataError(f"no documents found in {paths}; point at .parquet, .jsonl or text files")
 
 
+def cap_texts(
+    texts: Iterable[str], *, max_chars: int | None = None, doc_cap: int | None = None
+) -> Iterator[str]:
+    """Cut each text to ``doc_cap`` characters and stop at ``max_chars`` in total.
+
+    As in nanochat's ``tok_train``: ``doc_cap`` keeps a few huge documents from dominating
+    the merges; the last text is cut so that the total is exactly ``max_chars``.
+
+    Example:
+        >>> list(cap_texts(["abcdef", "ghijkl", "mn"], doc_cap=4, max_chars=6))
+        ['abcd', 'gh']
+    """
+    total = 0
+    for text in texts:
+        if doc_cap is not None:
+            text = text[:doc_cap]
+        if max_chars is not None:
+            text = text[: max_chars - total]
+        total += len(text)
+        yield text
+        if max_chars is not None and total >= max_chars:
+            return
+
+
 def read_texts(
     paths: PathLike | Sequence[PathLike],
     *,
@@ -205,15 +229,13 @@ def read_texts(
     max_chars: int | None = None,
     doc_cap: int | None = None,
 ) -> Iterator[str]:
-    """Stream document texts for tokenizer training, as nanochat's ``tok_train`` does.
+    """Stream document texts for tokenizer training, capped as by :func:`cap_texts`.
 
     Args:
         paths: as in :func:`read_documents`.
         text_column: as in :func:`read_documents`.
-        max_chars: stop once this many characters have been yielded in total (the last
-            text is cut to fit exactly).
-        doc_cap: cut each document to its first ``doc_cap`` characters, so a few huge
-            documents cannot dominate the merges.
+        max_chars: stop once this many characters have been yielded in total.
+        doc_cap: cut each document to its first ``doc_cap`` characters.
 
     Example:
         >>> import tempfile, pathlib
@@ -222,12 +244,5 @@ def read_texts(
         >>> list(read_texts(d, doc_cap=4, max_chars=6))
         ['abcd', 'gh']
     """
-    total = 0
-    for doc in read_documents(paths, text_column=text_column):
-        text = doc.text if doc_cap is None else doc.text[:doc_cap]
-        if max_chars is not None:
-            text = text[: max_chars - total]
-        total += len(text)
-        yield text
-        if max_chars is not None and total >= max_chars:
-            return
+    docs = read_documents(paths, text_column=text_column)
+    return cap_texts((doc.text for doc in docs), max_chars=max_chars, doc_cap=doc_cap)

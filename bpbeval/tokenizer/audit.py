@@ -59,9 +59,18 @@ class Violation:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """The result of :func:`audit`: totals over all texts and every violation."""
+    """The result of :func:`audit`: totals over all texts and every violation.
+
+    Attributes:
+        texts: how many texts were audited.
+        tokens: how many tokens they encode to.
+        expected_bytes: their UTF-8 bytes.
+        counted_bytes: the bytes ``token_bytes`` counts for their tokens.
+        violations: every text whose two counts differ.
+    """
 
     texts: int
+    tokens: int
     expected_bytes: int
     counted_bytes: int
     violations: tuple[Violation, ...]
@@ -119,7 +128,7 @@ def audit(tokenizer: TextTokenizer, texts: Iterable[str]) -> AuditReport:
     """
     table = tokenizer.token_bytes().tolist()
     violations = []
-    n = expected_total = counted_total = 0
+    n = n_tokens = expected_total = counted_total = 0
     it = iter(texts)
     while chunk := list(islice(it, _CHUNK)):
         for text, ids in zip(chunk, tokenizer.encode_batch(chunk), strict=True):
@@ -129,8 +138,9 @@ def audit(tokenizer: TextTokenizer, texts: Iterable[str]) -> AuditReport:
                 violations.append(_violation(tokenizer, n, text, expected, counted))
             expected_total += expected
             counted_total += counted
+            n_tokens += len(ids)
             n += 1
-    return AuditReport(n, expected_total, counted_total, tuple(violations))
+    return AuditReport(n, n_tokens, expected_total, counted_total, tuple(violations))
 
 
 def _violation(

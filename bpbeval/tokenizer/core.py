@@ -3,7 +3,7 @@
 A saved tokenizer is a directory of three plain files:
 
 - ``tokenizer.tiktoken``: the mergeable ranks in tiktoken's BPE format (``base64(token) rank``);
-- ``tokenizer.json``: pattern, special tokens and their ids, bos, format version and hashes;
+- ``bpbeval_tokenizer.json``: pattern, special tokens and their ids, bos, format version and hashes;
 - ``token_bytes.npy``: the int32 byte length of every id (0 for special tokens), so other
   tools can read it without tiktoken (``numpy.load(..., allow_pickle=False)``).
 
@@ -53,7 +53,7 @@ SPECIAL_TOKENS = (
 
 FORMAT_VERSION = 1
 RANKS_FILE = "tokenizer.tiktoken"
-CONFIG_FILE = "tokenizer.json"
+CONFIG_FILE = "bpbeval_tokenizer.json"
 TOKEN_BYTES_FILE = "token_bytes.npy"
 
 

@@ -1,0 +1,143 @@
+"""``python -m bpbeval.tokenizer {train,audit,compare}``.
+
+    train    train a tokenizer on Parquet/JSONL/text files and save it
+    audit    check that a tokenizer's token_bytes conserve the bytes of a corpus
+    compare  bytes per token of several tokenizers on the same documents
+
+A tokenizer is named as :func:`bpbeval.tokenizer.loading.load_tokenizer` reads it: a bpbeval
+or nanochat directory, a Hugging Face tokenizer.json, or ``tiktoken:NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain, islice
+
+from tqdm import tqdm
+
+from bpbeval.cli import ArgumentParser, run
+from bpbeval.data import cap_texts, read_documents
+from bpbeval.errors import DataError
+from bpbeval.tokenizer.audit import AuditReport, audit
+from bpbeval.tokenizer.core import train
+from bpbeval.tokenizer.loading import load_tokenizer
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {n}")
+    return n
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m bpbeval.tokenizer", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", nargs="+", required=True, help="Parquet/JSONL/text files or dirs")
+        p.add_argument("--text-column", default="text", help="Parquet column / JSON key of text")
+
+    p = commands.add_parser("train", help="train a tokenizer and save it")
+    data_options(p)
+    p.add_argument("--vocab-size", type=_positive, required=True, help="including special tokens")
+    p.add_argument("--out", required=True, help="directory to save the tokenizer to")
+    p.add_argument("--max-chars", type=_positive, help="train on at most this many characters")
+    p.add_argument("--doc-cap", type=_positive, help="cut each document to this many characters")
+    p.add_argument(
+        "--heldout-docs",
+        type=_positive,
+        default=64,
+        help="the first N documents are not trained on; compression is measured on them",
+    )
+
+    p = commands.add_parser("audit", help="check byte conservation on a corpus")
+    p.add_argument("tokenizer")
+    data_options(p)
+    p.add_argument("--max-docs", type=_positive, help="audit only the first N documents")
+
+    p = commands.add_parser("compare", help="bytes per token of several tokenizers")
+    p.add_argument("tokenizers", nargs="+")
+    data_options(p)
+    p.add_argument("--max-docs", type=_positive, help="use only the first N documents")
+    return parser
+
+
+def _counting(texts: Iterable[str], bar: tqdm) -> Iterator[str]:
+    for text in texts:
+        bar.update(len(text))
+        yield text
+
+
+def _train(args: argparse.Namespace) -> int:
+    docs = read_documents(args.data, text_column=args.text_column)
+    heldout = [doc.text for doc in islice(docs, args.heldout_docs)]
+    texts = cap_texts((doc.text for doc in docs), max_chars=args.max_chars, doc_cap=args.doc_cap)
+    first = next(texts, None)
+    if first is None:
+        raise DataError(
+            f"no documents are left to train on after the {len(heldout)} held out; "
+            "add data or lower --heldout-docs"
+        )
+    start = time.perf_counter()
+    with tqdm(desc="training on", unit="char", unit_scale=True, total=args.max_chars) as bar:
+        tokenizer = train(_counting(chain([first], texts), bar), args.vocab_size)
+        chars = bar.n
+    seconds = time.perf_counter() - start
+    tokenizer.save(args.out)
+
+    lengths = tokenizer.token_bytes()
+    lengths = lengths[lengths > 0].double()
+    print(f"saved {args.out} (hash {tokenizer.hash[:16]})")
+    print(f"trained in {seconds:.1f} s on {chars:,} chars ({chars / seconds:,.0f} chars/s)")
+    print(
+        f"vocab_size {tokenizer.vocab_size} ({len(tokenizer.special_tokens)} special); "
+        "token_bytes of the "
+        f"others: min {lengths.min():.0f} max {lengths.max():.0f} "
+        f"mean {lengths.mean():.2f} std {lengths.std():.2f}"
+    )
+    if heldout:
+        report = audit(tokenizer, heldout)
+        print(
+            f"held-out: {report.expected_bytes / max(report.tokens, 1):.3f} bytes/token "
+            f"on {report.texts} documents ({report.expected_bytes:,} bytes); {report}"
+        )
+    return 0
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    docs = read_documents(args.data, text_column=args.text_column, max_docs=args.max_docs)
+    return [doc.text for doc in docs]
+
+
+def _audit(args: argparse.Namespace) -> int:
+    report = audit(load_tokenizer(args.tokenizer), _texts(args))
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _compare(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    rows: list[tuple[str, int, AuditReport]] = []
+    for spec in args.tokenizers:
+        tokenizer = load_tokenizer(spec)
+        rows.append((spec, tokenizer.vocab_size, audit(tokenizer, texts)))
+    width = max(len("tokenizer"), *(len(spec) for spec, _, _ in rows))
+    print(f"{len(texts)} documents, {rows[0][2].expected_bytes:,} bytes")
+    print(f"{'tokenizer':<{width}}  {'vocab':>7}  {'tokens':>12}  {'bytes/token':>11}  exact")
+    for spec, vocab, report in rows:
+        bpt = report.expected_bytes / max(report.tokens, 1)
+        exact = "yes" if report.ok else f"no ({len(report.violations)} texts)"
+        print(f"{spec:<{width}}  {vocab:>7}  {report.tokens:>12,}  {bpt:>11.3f}  {exact}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return {"train": _train, "audit": _audit, "compare": _compare}[args.command](args)
+
+
+if __name__ == "__main__":
+    run(main)
