@@ -12,8 +12,10 @@ from bpbeval.tokenizer.core import (
     SPLIT_PATTERN,
     TextTokenizer,
     Tokenizer,
+    sha256_json,
     train,
 )
+from bpbeval.tokenizer.loading import load_tokenizer
 from bpbeval.tokenizer.nanochat import load_nanochat
 
 __all__ = [
@@ -29,5 +31,7 @@ __all__ = [
     "from_huggingface",
     "from_tiktoken",
     "load_nanochat",
+    "load_tokenizer",
+    "sha256_json",
     "train",
 ]

@@ -28,7 +28,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from bpbeval.errors import TokenizerError
+from bpbeval.errors import MissingDependencyError, TokenizerError
 from bpbeval.tokenizer.audit import TokenMismatch
 from bpbeval.tokenizer.core import Tokenizer, sha256_json
 
@@ -253,7 +253,13 @@ def from_huggingface(tokenizer: Any, *, bos: str | None = None) -> HuggingFaceTo
         >>> tok.vocab_size, tok.bos_id, tok.token_bytes()[tok.encode_batch(["é!"])[0]].tolist()
         (257, 256, [1, 1, 1])
     """
-    import tokenizers
+    try:
+        import tokenizers
+    except ImportError:
+        raise MissingDependencyError(
+            "adapting a Hugging Face tokenizer needs the tokenizers package: "
+            "pip install 'bpbeval[hf]'"
+        ) from None
 
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     if not isinstance(backend, tokenizers.Tokenizer):

@@ -1,0 +1,150 @@
+"""Document readers: Parquet, JSONL and text streaming, caps, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import pydoc_data.topics
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bpbeval.data import Document, cap_texts, read_documents, read_texts
+from bpbeval.errors import DataError
+
+TEXTS = [*list(pydoc_data.topics.topics.values())[:40], "東京 🙂 e\u0301", "", "  \n\t"]
+
+
+def write_parquet(path: Path, texts: list[str], *, row_group_size: int = 7, **columns) -> None:
+    table = pa.table({"text": texts, **columns})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "utf-8")
+
+
+def test_parquet_streams_every_row_group_in_order(tmp_path):
+    domains = [f"d{i % 3}" for i in range(len(TEXTS))]
+    write_parquet(tmp_path / "shard_00000.parquet", TEXTS, domain=domains)
+    assert pq.ParquetFile(tmp_path / "shard_00000.parquet").num_row_groups > 5
+    docs = list(read_documents(tmp_path / "shard_00000.parquet", domain_column="domain"))
+    expected = [
+        Document(f"shard_00000.parquet:{i}", t, d)
+        for i, (t, d) in enumerate(zip(TEXTS, domains, strict=True))
+    ]
+    assert docs == expected
+
+
+def test_parquet_custom_text_column_and_binary_utf8(tmp_path):
+    table = pa.table({"content": pa.array([t.encode() for t in TEXTS], pa.binary())})
+    pq.write_table(table, tmp_path / "a.parquet")
+    assert [d.text for d in read_documents(tmp_path, text_column="content")] == TEXTS
+
+
+def test_jsonl_skips_blank_lines_and_keeps_unicode(tmp_path):
+    path = tmp_path / "a.jsonl"
+    rows = [{"text": t, "lang": "x"} for t in TEXTS]
+    write_jsonl(path, rows)
+    path.write_text(path.read_text("utf-8") + "\n\n", "utf-8")
+    docs = list(read_documents(path, domain_column="lang"))
+    assert [d.text for d in docs] == TEXTS
+    assert {d.domain for d in docs} == {"x"}
+    assert [d.id for d in docs] == [f"a.jsonl:{i}" for i in range(len(TEXTS))]
+
+
+def test_directories_expand_sorted_recursively_skipping_hidden(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z.txt").write_text("zz", "utf-8")
+    (tmp_path / "a.txt").write_text("aa", "utf-8")
+    (tmp_path / ".hidden.txt").write_text("hidden", "utf-8")
+    write_jsonl(tmp_path / "c.jsonl", [{"text": "c0"}, {"text": "c1"}])
+    docs = list(read_documents(tmp_path))
+    assert [(d.id, d.text) for d in docs] == [
+        ("a.txt:0", "aa"),
+        ("b/z.txt:0", "zz"),
+        ("c.jsonl:0", "c0"),
+        ("c.jsonl:1", "c1"),
+    ]
+    ids = [d.id for d in docs]
+    assert len(set(ids)) == len(ids)
+
+
+def test_max_docs_and_max_bytes_take_a_deterministic_prefix(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in TEXTS])
+    assert [d.text for d in read_documents(tmp_path, max_docs=5)] == TEXTS[:5]
+    sizes = [len(t.encode()) for t in TEXTS]
+    budget = sum(sizes[:3]) + sizes[3] - 1  # the 4th document would exceed it
+    assert [d.text for d in read_documents(tmp_path, max_bytes=budget)] == TEXTS[:3]
+    assert [d.text for d in read_documents(tmp_path, max_bytes=sum(sizes[:3]))] == TEXTS[:3]
+
+
+@pytest.mark.parametrize(
+    ("max_chars", "doc_cap"), [(None, None), (5000, None), (None, 300), (777, 50)]
+)
+def test_read_texts_caps_like_nanochat(tmp_path, max_chars, doc_cap):
+    write_parquet(tmp_path / "s.parquet", TEXTS)
+    got = list(read_texts(tmp_path, max_chars=max_chars, doc_cap=doc_cap))
+    # Reference: cap each document, concatenate with separators, cut the total.
+    capped = [t if doc_cap is None else t[:doc_cap] for t in TEXTS]
+    total = sum(map(len, capped)) if max_chars is None else min(max_chars, sum(map(len, capped)))
+    assert sum(map(len, got)) == total
+    for text, full in zip(got, capped, strict=False):
+        assert full.startswith(text)
+    assert got[:-1] == capped[: len(got) - 1]
+    assert got == list(cap_texts(TEXTS, max_chars=max_chars, doc_cap=doc_cap))
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        list(read_documents(tmp_path / "nope.parquet"))
+
+
+def test_missing_column_names_the_available_ones(tmp_path):
+    write_parquet(tmp_path / "s.parquet", ["a"])
+    with pytest.raises(DataError, match=r"no column 'body'.*\['text'\]"):
+        list(read_documents(tmp_path, text_column="body"))
+    write_jsonl(tmp_path / "j.jsonl", [{"content": "a", "id": 1}])
+    with pytest.raises(DataError, match=r"j.jsonl: line 1: no key 'text'.*\['content', 'id'\]"):
+        list(read_documents(tmp_path / "j.jsonl"))
+
+
+def test_non_utf8_names_file_and_offset(tmp_path):
+    (tmp_path / "t.txt").write_bytes(b"caf\xc3\xa9 ok \xff rest")
+    with pytest.raises(DataError, match=r"t.txt: not valid UTF-8 at byte offset 9"):
+        list(read_documents(tmp_path / "t.txt"))
+    (tmp_path / "j.jsonl").write_bytes(b'{"text": "a"}\n{"text": "\xe9"}\n')
+    with pytest.raises(DataError, match=r"j.jsonl: line 2: not valid UTF-8 at byte offset 24"):
+        list(read_documents(tmp_path / "j.jsonl"))
+    pq.write_table(
+        pa.table({"text": pa.array([b"ok", b"\xff"], pa.binary())}), tmp_path / "b.parquet"
+    )
+    with pytest.raises(DataError, match=r"b.parquet: row 1: not valid UTF-8"):
+        list(read_documents(tmp_path / "b.parquet"))
+
+
+def test_malformed_jsonl_line(tmp_path):
+    (tmp_path / "j.jsonl").write_text('{"text": "a"}\n{"text": \n', "utf-8")
+    with pytest.raises(DataError, match=r"j.jsonl: line 2: malformed JSON"):
+        list(read_documents(tmp_path))
+    (tmp_path / "j.jsonl").write_text('["text"]\n', "utf-8")
+    with pytest.raises(DataError, match=r"line 1: expected a JSON object, got list"):
+        list(read_documents(tmp_path))
+
+
+def test_no_documents_and_too_small_byte_budget(tmp_path):
+    with pytest.raises(DataError, match="no documents found"):
+        list(read_documents(tmp_path))
+    (tmp_path / "a.txt").write_text("hello", "utf-8")
+    with pytest.raises(DataError, match="smaller than the first document"):
+        list(read_documents(tmp_path, max_bytes=3))
+
+
+def test_colliding_file_names_are_refused(tmp_path):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "same.txt").write_text(sub, "utf-8")
+    with pytest.raises(DataError, match=r"both named 'same\.txt'"):
+        list(read_documents([tmp_path / "x" / "same.txt", tmp_path / "y" / "same.txt"]))
+    assert [d.id for d in read_documents(tmp_path)] == ["x/same.txt:0", "y/same.txt:0"]
