@@ -122,13 +122,12 @@ def _bits_per_byte_update(
     """
     ignored = target < 0
     if ignore_index is not None:
-        ignored = ignored | (target == ignore_index)
-    # Gather with a safe id where ignored, then zero those: no boolean indexing, no sync.
-    ids = torch.where(ignored, 0, target)
-    nbytes = torch.where(ignored, 0, token_bytes[ids]).to(torch.int64)
+        ignored |= target == ignore_index
+    # Look up a safe id where ignored, then zero those: no boolean indexing, no sync.
+    nbytes = token_bytes.take(torch.where(ignored, 0, target)).masked_fill_(ignored, 0)
     scored = nbytes > 0
     nats = _sum_nats(torch.where(scored, loss, 0), _nats_dtype(loss.device))
-    return nats, nbytes.sum(), scored.sum(dtype=torch.int64)
+    return nats, nbytes.sum(dtype=torch.int64), scored.sum(dtype=torch.int64)
 
 
 def _bits_per_byte_compute(nats: Tensor, bytes: Tensor) -> Tensor:
