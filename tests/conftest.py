@@ -1,0 +1,119 @@
+"""Shared tiny fixtures: tokenizers, models, documents and checkpoints built in-process.
+
+Everything is small enough to build in a second or two and is built once per session.
+Text comes from what ships with Python (``pydoc_data.topics``).
+"""
+
+from __future__ import annotations
+
+import json
+import pydoc_data.topics
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from bpbeval.data import Document
+from bpbeval.gpt import GPT, GPTConfig
+from bpbeval.tokenizer import SPECIAL_TOKENS, Tokenizer, train
+
+CONTEXT = 16  # tokens a tiny model sees at once: documents need several windows
+
+# Non-ASCII text, so that bytes and characters differ.
+UNICODE_TEXTS = ("héllo wörld — naïve café ✓", "日本語のテキスト 🙂 и кириллица", "")
+
+
+def stdlib_texts(count: int, *, offset: int = 0) -> list[str]:
+    """``count`` help topics of Python's documentation, a few hundred bytes to kilobytes each."""
+    topics = sorted(pydoc_data.topics.topics.items())
+    return [text for _, text in topics[offset : offset + count]]
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer() -> Tokenizer:
+    """Byte-level: 256 byte tokens and the special tokens, no merges."""
+    return train([], vocab_size=256 + len(SPECIAL_TOKENS))
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer() -> Tokenizer:
+    """A 320-id BPE trained on a little stdlib text."""
+    return train(stdlib_texts(8), vocab_size=320)
+
+
+def tiny_gpt(vocab_size: int, *, context_len: int = CONTEXT, seed: int = 0) -> GPT:
+    """A one-layer GPT with random weights (its bpb is high, but exactly defined)."""
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size, context_len=context_len, n_layer=1, n_head=2, n_embd=32)
+    return GPT(config).eval()
+
+
+@pytest.fixture(scope="session")
+def context_len() -> int:
+    """The context of the tiny models: short, so that documents need several windows."""
+    return CONTEXT
+
+
+@pytest.fixture(scope="session")
+def make_gpt() -> Callable[..., GPT]:
+    """``make_gpt(vocab_size, *, context_len=16, seed=0)``: a tiny GPT (see :func:`tiny_gpt`)."""
+    return tiny_gpt
+
+
+@pytest.fixture(scope="session")
+def documents() -> list[Document]:
+    """Twelve documents: stdlib help topics cut to varied lengths, non-ASCII text, an empty one."""
+    texts = [text[: 20 + 15 * i] for i, text in enumerate(stdlib_texts(9, offset=50))]
+    texts += UNICODE_TEXTS
+    return [
+        Document(f"doc{i}", text, "unicode" if i >= 9 else "topics") for i, text in enumerate(texts)
+    ]
+
+
+@pytest.fixture(scope="session")
+def native_checkpoint(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Tokenizer):
+    """A native checkpoint directory of a tiny GPT and the BPE tokenizer; returns (path, model)."""
+    from bpbeval.checkpoint import save
+
+    model = tiny_gpt(bpe_tokenizer.vocab_size)
+    path = tmp_path_factory.mktemp("native") / "ckpt"
+    save(path, model, bpe_tokenizer, CONTEXT)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A Hugging Face directory: tiny GPT-2, byte-level BPE fast tokenizer; gives (path, model)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(stdlib_texts(8), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=hf, eos_token="<|endoftext|>")
+    torch.manual_seed(1)
+    config = GPT2Config(
+        vocab_size=hf.get_vocab_size(), n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2
+    )
+    model = GPT2LMHeadModel(config).eval()
+    path = tmp_path_factory.mktemp("hf") / "gpt2"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def documents_jsonl(tmp_path_factory: pytest.TempPathFactory, documents: list[Document]):
+    """The ``documents`` as one JSONL file with "text" and "domain" keys (ids ``docs.jsonl:N``)."""
+    path = tmp_path_factory.mktemp("data") / "docs.jsonl"
+    lines = (json.dumps({"text": d.text, "domain": d.domain}) for d in documents)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path

@@ -1,0 +1,247 @@
+"""Scoring: windows, exact bytes, brute-force equality, determinism, refusals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bpbeval.checkpoint import Checkpoint, load
+from bpbeval.data import Document
+from bpbeval.errors import CheckpointError, ScoringError
+from bpbeval.scoring import DocumentScore, rolling_windows, score_documents
+
+
+def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len):
+    """lm-eval-harness's ``get_rolling_token_windows`` followed by ``make_disjoint_window``."""
+    if not token_list:
+        return []
+    pred_len = max_seq_len - context_len + 1
+    first = min(max_seq_len, len(token_list))
+    pairs = [([prefix_token, *token_list[: first - 1]], token_list[:first])]
+    predicted = first
+    while predicted < len(token_list):
+        window_pred_len = min(len(token_list) - predicted, pred_len)
+        window_end = predicted + window_pred_len
+        pairs.append(
+            (
+                token_list[window_end - max_seq_len - 1 : window_end - 1],
+                token_list[window_end - window_pred_len : window_end],
+            )
+        )
+        predicted += window_pred_len
+    # make_disjoint_window: the context is the input minus the predicted tokens but the first.
+    return [(a[: len(a) - (len(b) - 1)], b) for a, b in pairs]
+
+
+@pytest.mark.parametrize("context_len", [2, 3, 5, 8])
+def test_windows_at_stride_equal_to_context_are_lm_eval_rolling(context_len):
+    for n in range(30):
+        tokens = list(range(100, 100 + n))
+        seq = [-1, *tokens]
+        ours = [
+            (seq[w.begin : w.start + 1], tokens[w.start : w.end])
+            for w in rolling_windows(n, context_len=context_len, stride=context_len)
+        ]
+        # lm-eval's loglikelihood_rolling uses context_len=1 and the model's max length.
+        assert ours == lm_eval_rolling_windows(tokens, -1, context_len, 1)
+
+
+@given(st.integers(0, 200), st.integers(2, 40), st.data())
+def test_windows_score_every_token_once_with_all_the_context_that_fits(n, context_len, data):
+    stride = data.draw(st.integers(1, context_len))
+    windows = rolling_windows(n, context_len=context_len, stride=stride)
+    scored = [i for w in windows for i in range(w.start, w.end)]
+    assert scored == list(range(n))
+    for w in windows:
+        assert w.end - w.begin == min(context_len, w.end)  # as full as the document allows
+        assert w.begin <= w.start < w.end
+        assert w.end - w.start <= (context_len if w.start == 0 else stride)
+
+
+def brute_force_nats(model, bos_id: int, ids: list[int], context_len: int) -> float:
+    """Each token scored on its own input: the prefix and as many preceding tokens as fit.
+
+    Inputs of one length are stacked into one forward pass, which changes nothing
+    for a causal model but saves time.
+    """
+    seq = [bos_id, *ids]
+    by_length: dict[int, list[int]] = {}
+    for i in range(len(ids)):
+        by_length.setdefault(len(seq[max(0, i + 1 - context_len) : i + 1]), []).append(i)
+    total = 0.0
+    with torch.no_grad():
+        for length, positions in by_length.items():
+            inputs = torch.tensor([seq[i + 1 - length : i + 1] for i in positions])
+            logits = model(inputs)
+            logprobs = F.log_softmax(getattr(logits, "logits", logits)[:, -1].double(), dim=-1)
+            total += math.fsum(float(-logprobs[row, ids[i]]) for row, i in enumerate(positions))
+    return total
+
+
+@pytest.fixture(scope="module")
+def native(native_checkpoint):
+    path, model = native_checkpoint
+    return load(str(path)), model
+
+
+@pytest.fixture(scope="module")
+def hf(hf_checkpoint):
+    path, model = hf_checkpoint
+    return load(str(path)), model
+
+
+@pytest.fixture(scope="module")
+def byte_level(byte_tokenizer, make_gpt, context_len):
+    model = make_gpt(byte_tokenizer.vocab_size, seed=2)
+    return Checkpoint(model, byte_tokenizer, context_len, "byte", "custom", "test"), model
+
+
+@pytest.mark.parametrize("which", ["native", "hf", "byte_level"])
+def test_bpb_equals_brute_force_and_every_byte_is_scored_once(
+    which, request, documents, context_len
+):
+    checkpoint, model = request.getfixturevalue(which)
+    tokenizer = checkpoint.tokenizer
+    scores = score_documents(checkpoint, documents, stride=1, batch_size=5, progress=False)
+    assert [s.id for s in scores.documents] == [d.id for d in documents]
+    token_bytes = tokenizer.token_bytes()
+    for doc, score, ids in zip(
+        documents,
+        scores.documents,
+        tokenizer.encode_batch([d.text for d in documents]),
+        strict=True,
+    ):
+        assert score.bytes == len(doc.text.encode("utf-8")) == int(token_bytes[ids].sum())
+        assert score.tokens == len(ids)
+        assert score.domain == doc.domain
+        reference = brute_force_nats(model, tokenizer.bos_id, ids, context_len)
+        assert score.nats == pytest.approx(reference, rel=1e-6, abs=1e-9)
+    assert scores.bytes == sum(len(d.text.encode("utf-8")) for d in documents)
+    assert scores.nats == pytest.approx(math.fsum(s.nats for s in scores.documents), rel=1e-15)
+    assert scores.bits_per_byte == pytest.approx(scores.nats / math.log(2) / scores.bytes)
+    assert scores.bytes_from_text is False
+
+
+def test_windows_give_each_token_the_context_they_promise(native, documents, context_len):
+    """At the default stride, a document's nats are those of its windows' positions."""
+    checkpoint, model = native
+    tokenizer = checkpoint.tokenizer
+    stride = context_len // 2
+    scores = score_documents(checkpoint, documents, progress=False)
+    for doc, score in zip(documents, scores.documents, strict=True):
+        ids = tokenizer.encode_batch([doc.text])[0]
+        seq = [tokenizer.bos_id, *ids]
+        reference = 0.0
+        with torch.no_grad():
+            for w in rolling_windows(len(ids), context_len=context_len, stride=stride):
+                logprobs = F.log_softmax(
+                    model(torch.tensor([seq[w.begin : w.end]]))[0].double(), -1
+                )
+                reference += sum(
+                    float(-logprobs[i - w.begin, ids[i]]) for i in range(w.start, w.end)
+                )
+        assert score.nats == pytest.approx(reference, rel=1e-6)
+
+
+def test_batch_size_does_not_change_the_answer(byte_level, documents):
+    checkpoint, _ = byte_level
+    runs = [
+        score_documents(checkpoint, documents, batch_size=b, stride=3, progress=False)
+        for b in (1, 3, 8)
+    ]
+    for other in runs[1:]:
+        assert other.bits_per_byte == pytest.approx(runs[0].bits_per_byte, rel=1e-9)
+        for a, b in zip(runs[0].documents, other.documents, strict=True):
+            assert b.nats == pytest.approx(a.nats, rel=1e-9)
+            assert (a.bytes, a.tokens) == (b.bytes, b.tokens)
+
+
+class Leaky(torch.nn.Module):
+    """Logits at position t favour the token at t + 1: a model that sees the future."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, ids):
+        following = torch.roll(ids, -1, dims=1)
+        return 20.0 * F.one_hot(following, self.vocab_size).float()
+
+
+def test_a_model_that_sees_the_future_is_refused(byte_tokenizer, documents, context_len):
+    leaky = Leaky(byte_tokenizer.vocab_size)
+    checkpoint = Checkpoint(leaky, byte_tokenizer, context_len, "", "custom", "t")
+    with pytest.raises(ScoringError, match="not causal"):
+        score_documents(checkpoint, documents, progress=False)
+
+
+def test_a_model_vocabulary_smaller_than_the_tokenizer_is_refused(
+    bpe_tokenizer, documents, make_gpt, context_len
+):
+    model = make_gpt(bpe_tokenizer.vocab_size - 10)
+    checkpoint = Checkpoint(model, bpe_tokenizer, context_len, "", "custom", "t")
+    with pytest.raises(CheckpointError, match="smaller than its tokenizer"):
+        score_documents(checkpoint, documents, progress=False)
+
+
+class DropsAccents:
+    """A tokenizer that is not byte-conservative: it encodes 'é' as 'e'."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.vocab_size, self.bos_id, self.hash = inner.vocab_size, inner.bos_id, "drops"
+        self.token_bytes = inner.token_bytes
+
+    def encode_batch(self, texts):
+        return self.inner.encode_batch([t.replace("é", "e") for t in texts])
+
+
+def test_bytes_must_be_conserved_unless_allowed(byte_level, documents):
+    checkpoint, _ = byte_level
+    checkpoint = replace(checkpoint, tokenizer=DropsAccents(checkpoint.tokenizer))
+    bad = next(d for d in documents if "é" in d.text)
+    missing = bad.text.count("é")
+    with pytest.raises(ScoringError, match=f"document {bad.id}: .*difference -{missing}"):
+        score_documents(checkpoint, documents, progress=False)
+    scores = score_documents(checkpoint, documents, allow_inexact_bytes=True, progress=False)
+    assert scores.bytes_from_text is True
+    assert scores.bytes == sum(len(d.text.encode("utf-8")) for d in documents)
+
+
+def test_stride_and_context_are_checked(byte_level, documents, context_len):
+    checkpoint, _ = byte_level
+    for options, message in [
+        ({"context_len": 1}, "too small"),
+        ({"context_len": context_len + 1}, "larger than the model"),
+        ({"stride": context_len + 1}, "stride"),
+    ]:
+        with pytest.raises(ScoringError, match=message):
+            score_documents(checkpoint, documents, progress=False, **options)
+
+
+class DictCache:
+    def __init__(self) -> None:
+        self.scores: dict[str, DocumentScore] = {}
+
+    def get(self, document: Document) -> DocumentScore | None:
+        return self.scores.get(document.id)
+
+    def put(self, document: Document, score: DocumentScore) -> None:
+        self.scores[document.id] = score
+
+
+def test_a_cache_is_filled_then_reused(byte_level, documents):
+    checkpoint, _ = byte_level
+    cache = DictCache()
+    first = score_documents(checkpoint, documents[:5], cache=cache, progress=False)
+    assert sorted(cache.scores) == sorted(d.id for d in documents[:5])
+    both = score_documents(checkpoint, documents, cache=cache, progress=False)
+    fresh = score_documents(checkpoint, documents, progress=False)
+    assert both.documents[:5] == first.documents
+    assert both.bits_per_byte == pytest.approx(fresh.bits_per_byte, rel=1e-12)
