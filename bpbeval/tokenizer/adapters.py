@@ -86,7 +86,11 @@ class HuggingFaceTokenizer:
     """
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos: str) -> None:
-        self.tokenizer = tokenizer
+        # A copy without padding or truncation: either would change the ids of a document.
+        self.tokenizer = type(tokenizer).from_str(tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        tokenizer = self.tokenizer
         self.config = json.loads(tokenizer.to_str())
         model = self.config["model"]
         if (
@@ -116,8 +120,12 @@ class HuggingFaceTokenizer:
 
     @functools.cached_property
     def hash(self) -> str:
-        """SHA-256 of the tokenizer's JSON (vocabulary, merges, normaliser, ...) and bos id."""
-        return sha256_json({"tokenizer": self.config, "bos_id": self.bos_id})
+        """SHA-256 of what decides the ids (vocabulary, merges, normaliser, ...) and the bos id.
+
+        The post-processor is left out: it only adds special tokens, which are never added.
+        """
+        parts = ("normalizer", "pre_tokenizer", "model", "added_tokens", "decoder")
+        return sha256_json({**{k: self.config[k] for k in parts}, "bos_id": self.bos_id})
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens, encoded in parallel (rayon)."""
