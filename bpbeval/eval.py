@@ -140,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
     with distributed.process_group(args.device):
-        documents = read_scoring_documents(args)
         checkpoint = load_checkpoint(args, args.checkpoint)
+        documents = read_scoring_documents(args)
         scores = score(args, checkpoint, documents)
         if distributed.rank() != 0:
             return 0

@@ -1,0 +1,108 @@
+"""``python -m bpbeval.eval``: the figures it prints and writes, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpbeval.checkpoint import META_FILE, load
+from bpbeval.cli import run
+from bpbeval.data import read_documents
+from bpbeval.eval import main
+from bpbeval.scoring import score_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prints_and_writes_the_figures_of_score_documents(
+    native_checkpoint, documents_jsonl, tmp_path, capsys
+):
+    path = str(native_checkpoint[0])
+    out = tmp_path / "out" / "result.json"
+    argv = [path, "--data", str(documents_jsonl), "--batch-size", "3", "--stride", "5"]
+    assert main([*argv, "--json", str(out), "--device", "cpu"]) == 0
+    printed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    written = json.loads(out.read_text())
+
+    checkpoint = load(path)
+    documents = list(read_documents(documents_jsonl))
+    expected = score_documents(checkpoint, documents, stride=5, progress=False)
+    assert written["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-12)
+    assert written["bytes"] == sum(len(d.text.encode()) for d in documents) == expected.bytes
+    assert (written["tokens"], written["documents"]) == (expected.tokens, len(documents))
+    assert written["identity"] == checkpoint.identity
+    assert written["bytes_from_text"] is False
+    assert float(printed["bits_per_byte"]) == pytest.approx(expected.bits_per_byte, abs=1e-6)
+    assert float(printed["bits_per_token"]) == pytest.approx(
+        expected.nats / math.log(2) / expected.tokens, abs=1e-6
+    )
+    assert float(printed["bytes_per_token"]) == pytest.approx(
+        expected.bytes / expected.tokens, abs=1e-6
+    )
+    assert int(printed["documents"]) == len(documents)
+
+
+SMALL_VOCAB_LOADER = """
+from bpbeval.gpt import GPT, GPTConfig
+from bpbeval.tokenizer import train
+
+def load(spec):
+    return GPT(GPTConfig(200, context_len=8, n_layer=1, n_embd=16)), train([], vocab_size=265)
+"""
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, native_checkpoint, monkeypatch):
+    """Paths for each error case: (name -> argv without --json)."""
+    good = native_checkpoint[0]
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(good, mismatch)
+    meta = json.loads((mismatch / META_FILE).read_text())
+    meta["tokenizer_hash"] = "f" * 64
+    (mismatch / META_FILE).write_text(json.dumps(meta))
+    (tmp_path / "small_vocab.py").write_text(SMALL_VOCAB_LOADER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "ok.jsonl"
+    data.write_text('{"text": "hello world"}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "unknown").mkdir()
+    with_data = ["--data", str(data)]
+    return {
+        "does not exist": [str(tmp_path / "missing"), *with_data],
+        "neither a bpbeval checkpoint": [str(tmp_path / "unknown"), *with_data],
+        "tokenizer hash mismatch": [str(mismatch), *with_data],
+        "smaller than its tokenizer": ["x", "--loader", "small_vocab:load", *with_data],
+        "no documents": [str(good), "--data", str(tmp_path / "empty.jsonl")],
+        "column": [str(good), *with_data, "--text-column", "body"],
+        "UTF-8": [str(good), "--data", str(tmp_path / "latin1.txt")],
+        "too small": [str(good), *with_data, "--context", "1"],
+    }
+
+
+def test_each_user_error_is_one_line_and_writes_nothing(bad_inputs, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    for message, argv in bad_inputs.items():
+        with pytest.raises(SystemExit) as exit_info:
+            run(main, [*argv, "--json", str(out), "--device", "cpu"])
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 1, stderr
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+        assert message in stderr
+        assert not out.exists()
+
+
+def test_the_command_line_exits_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "bpbeval.eval", str(tmp_path / "nope"), "--data", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: checkpoint") and result.stderr.count("\n") == 1
