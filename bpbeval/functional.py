@@ -24,9 +24,10 @@ import math
 import torch
 from torch import Tensor
 
-# On MPS (no float64) a token's loss is rounded to a multiple of 2**-24 nat, below
-# float32's own resolution for any loss above 0.5, and the multiples are summed
-# exactly in int64: no drift, the same total for any batching, up to 2**39 (5e11) nats.
+# On MPS (no float64) each token's loss becomes an int64 count of 2**-24 nat. Every
+# float32 loss of 0.5 or more is already such a multiple, so only smaller ones round
+# (by at most 2**-25 nat); the counts then add exactly: no drift, the same total for
+# any batching and world size, for up to 2**39 (5e11) nats in all.
 _FIXED_POINT_BITS = 24
 
 
@@ -60,7 +61,7 @@ def _nats_to(nats: Tensor, device: torch.device) -> Tensor:
 
 
 def _bits_per_byte_validate_args(token_bytes: Tensor, ignore_index: int | None) -> None:
-    """Check the arguments a metric is built with (no device sync unless values are read)."""
+    """Check the arguments a metric is built with (reads token_bytes once, so it syncs)."""
     if not isinstance(token_bytes, Tensor):
         raise TypeError(
             f"token_bytes must be a torch.Tensor of byte lengths per token id, got "
@@ -73,6 +74,8 @@ def _bits_per_byte_validate_args(token_bytes: Tensor, ignore_index: int | None) 
         )
     if token_bytes.dtype == torch.bool:
         raise ValueError("token_bytes must hold byte lengths as integers, not booleans")
+    if bool((token_bytes < 0).any()):
+        raise ValueError("token_bytes holds negative byte lengths; each must be 0 or more")
     if ignore_index is not None and not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
 
@@ -137,7 +140,7 @@ def _bits_per_byte_compute(nats: Tensor, bytes: Tensor) -> Tensor:
     that poisons any average it enters, where a 0 would pass for a perfect model.
     """
     nats = _nats_as_float64(nats)
-    return nats / (bytes.to(nats.device, torch.float64) * math.log(2))
+    return nats / (bytes.to(nats.device).double() * math.log(2))
 
 
 def bits_per_byte(

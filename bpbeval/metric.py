@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -54,9 +54,10 @@ class BitsPerByte(Metric):
     exactly; ``compute`` returns float64 on the CPU.
 
     ``update`` never synchronises host and device when ``validate_args=False``.
-    With ``validate_args=True`` (the default) each batch is checked first: the
-    shapes match, the loss is float, finite and non-negative, the target is an
-    integer with ids inside ``token_bytes``. Those checks read values, so they sync.
+    With ``validate_args=True`` (the default) ``token_bytes`` is checked once and
+    each batch before it counts: the shapes match, the loss is float, finite and
+    non-negative, the target is an integer with ids inside ``token_bytes``. Those
+    checks read values, so they sync.
 
     Args:
         token_bytes: 1-D integer tensor [vocab_size], UTF-8 bytes per token id.
@@ -97,7 +98,8 @@ class BitsPerByte(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _bits_per_byte_validate_args(token_bytes, ignore_index)
+        if validate_args:
+            _bits_per_byte_validate_args(token_bytes, ignore_index)
         self.ignore_index = ignore_index
         self.validate_args = validate_args
         self.register_buffer("token_bytes", token_bytes, persistent=False)
@@ -113,9 +115,10 @@ class BitsPerByte(Metric):
         nats, nbytes, tokens = _bits_per_byte_update(
             loss, target, self.token_bytes, self.ignore_index
         )
-        self.nats += nats
-        self.bytes += nbytes
-        self.tokens += tokens
+        # add_ rather than +=: no nn.Module.__setattr__ per state on this hot path
+        self.nats.add_(nats)
+        self.bytes.add_(nbytes)
+        self.tokens.add_(tokens)
 
     def compute(self) -> Tensor:
         """Bits per byte, a 0-dim float64 tensor; NaN (0/0) when no byte was scored."""
@@ -139,7 +142,7 @@ class BitsPerByte(Metric):
             tokens=tokens,
         )
 
-    def _apply(self, fn: Callable, exclude_state: Any = ()) -> BitsPerByte:
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = ()) -> BitsPerByte:
         # torchmetrics moves states with ``fn``; nats is moved by hand because on MPS,
         # which has no float64, it must change representation (see _nats_to).
         nats, default = self.nats, self._defaults["nats"]

@@ -152,7 +152,8 @@ def test_token_bytes_is_a_non_persistent_buffer_that_moves_with_the_metric():
     assert on_meta.nats.dtype == torch.float64 and on_meta.device.type == "meta"
     assert on_meta._defaults["nats"].device.type == "meta"
     # A metric built on a device's table starts on that device.
-    assert BitsPerByte(token_bytes.to("meta")).tokens.device.type == "meta"
+    # (validate_args reads the table's values, which the meta device does not have.)
+    assert BitsPerByte(token_bytes.to("meta"), validate_args=False).tokens.device.type == "meta"
 
 
 def test_bad_inputs_get_clear_errors():
@@ -179,6 +180,8 @@ def test_bad_inputs_get_clear_errors():
         BitsPerByte(token_bytes.float())
     with pytest.raises(ValueError, match="1-D integer tensor"):
         BitsPerByte(token_bytes.view(5, 10))
+    with pytest.raises(ValueError, match="negative byte lengths"):
+        BitsPerByte(token_bytes - 1)
     with pytest.raises(TypeError, match=r"torch\.Tensor"):
         BitsPerByte(token_bytes.tolist())
     # Nothing bad reached the states, and the fast path skips the checks.
