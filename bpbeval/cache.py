@@ -93,6 +93,8 @@ class ResultCache:
         self._entries: dict[tuple[str, str], tuple[float, int, int]] = {}
         self._fd: int | None = None
         self._last_sync = 0.0
+        self.hits = 0  # documents served by get
+        self.written = 0  # documents recorded by put
         key = _dumps({"checkpoint": identity, "settings": dict(settings)})
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,7 @@ class ResultCache:
         entry = self._entries.get((document.id, _sha256(document.text)))
         if entry is None:
             return None
+        self.hits += 1
         nats, n_bytes, tokens = entry
         return DocumentScore(
             id=document.id, domain=document.domain, nats=nats, bytes=n_bytes, tokens=tokens
@@ -132,6 +135,7 @@ class ResultCache:
         except OSError as e:
             raise CacheError(f"cannot write to the cache in {self.path}: {e}") from e
         self._entries[line["id"], line["sha256"]] = (line["nats"], line["bytes"], line["tokens"])
+        self.written += 1
 
     def close(self) -> None:
         """Sync and close this process's cache file."""

@@ -1,0 +1,271 @@
+"""``python -m bpbeval.compare``: paired figures, outputs, resumes, world sizes and errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pydoc_data.topics
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bpbeval.checkpoint import load, save
+from bpbeval.cli import run
+from bpbeval.compare import main
+from bpbeval.gpt import GPT, GPTConfig
+from bpbeval.statistics import paired_figures, paired_figures_by_domain
+
+ROOT = Path(__file__).resolve().parents[1]
+N_DOCS = 24
+CONTEXT = 16
+TOPICS = sorted(pydoc_data.topics.topics.items())[20:80]
+
+
+def _gpt(vocab_size: int) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size, context_len=CONTEXT, n_layer=1, n_head=2, n_embd=32))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A JSONL file of stdlib help topics in two domains, and its rows."""
+    rows = [
+        {"text": text[:200], "domain": ("even", "odd")[i % 2]}
+        for i, (_, text) in enumerate(TOPICS[:N_DOCS])
+    ]
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path, rows
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, bpe_tokenizer) -> tuple[str, str]:
+    """(trained, untrained): the same tiny GPT after a few steps of training, and before."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    save(root / "untrained", _gpt(bpe_tokenizer.vocab_size).eval(), bpe_tokenizer, CONTEXT)
+    model = _gpt(bpe_tokenizer.vocab_size).train()
+    ids = torch.tensor(
+        [i for doc in bpe_tokenizer.encode_batch([t for _, t in TOPICS]) for i in doc]
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        starts = torch.randint(len(ids) - CONTEXT - 1, (16,), generator=generator)
+        batch = torch.stack([ids[s : s + CONTEXT + 1] for s in starts.tolist()])
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    save(root / "trained", model.eval(), bpe_tokenizer, CONTEXT)
+    return str(root / "trained"), str(root / "untrained")
+
+
+def _args(corpus, a, b, *extra) -> list[str]:
+    return [a, b, "--data", str(corpus[0]), "--domain-column", "domain", "--bootstrap", "200",
+            "--stride", "16", "--batch-size", "16", "--device", "cpu", *extra]  # fmt: skip
+
+
+def _cli(argv) -> tuple[int, str, str]:
+    """Run the command line in-process as `python -m bpbeval.compare` would: (status, out, err)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+        run(main, argv)
+    return exit_info.value.code, out.getvalue(), err.getvalue()
+
+
+def _subprocess(argv: list[str], *, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", *launcher, "bpbeval.compare", *argv]
+    return subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _scored_and_reused(err: str) -> list[tuple[int, int]]:
+    # "A: 3 documents scored, 21 from DIR" for each model.
+    lines = [line.split() for line in err.splitlines() if " documents scored, " in line]
+    return [(int(words[1]), int(words[4])) for words in lines]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus, checkpoints) -> dict:
+    """An uninterrupted single-process run, trained (A) against untrained (B), every output."""
+    root = tmp_path_factory.mktemp("reference")
+    paths = {name: root / name for name in ("out.json", "docs.parquet", "plot.png", "cache")}
+    status, out, err = _cli(
+        _args(corpus, *checkpoints, "--json", str(paths["out.json"]), "--per-doc",
+              str(paths["docs.parquet"]), "--plot", str(paths["plot.png"]), "--cache",
+              str(paths["cache"]))
+    )  # fmt: skip
+    assert status == 0, err
+    assert _scored_and_reused(err) == [(N_DOCS, 0), (N_DOCS, 0)]
+    return {**paths, "stdout": out, "json": paths["out.json"].read_bytes()}
+
+
+def test_a_trained_model_beats_an_untrained_one(corpus, reference):
+    result = json.loads(reference["json"])
+    overall = result["overall"]
+    assert overall["ci"][0] <= overall["delta_bpb"] <= overall["ci"][1] < 0
+    assert overall["verdict"].startswith(f"A is better by {-overall['delta_bpb']:.4f} bpb")
+    assert overall["verdict"] in reference["stdout"]
+
+    # Per-document results: every document, its own UTF-8 bytes, the totals of the JSON.
+    table = pq.read_table(reference["docs.parquet"]).to_pydict()
+    assert table["id"] == [f"docs.jsonl:{i}" for i in range(N_DOCS)]
+    assert table["domain"] == [row["domain"] for row in corpus[1]]
+    assert table["bytes"] == [len(row["text"].encode("utf-8")) for row in corpus[1]]
+    for model, column in (("A", "nats_a"), ("B", "nats_b")):
+        figures = result["models"][model]
+        assert figures["nats"] == math.fsum(table[column])
+        assert figures["bytes"] == sum(table["bytes"])
+        assert figures["bits_per_byte"] == pytest.approx(
+            math.fsum(table[column]) / (math.log(2) * sum(table["bytes"])), rel=1e-12
+        )
+        assert figures["tokens"] == sum(table[f"tokens_{model.lower()}"])
+        assert figures["tokenizer_hash"] == load(figures["checkpoint"]).tokenizer.hash
+
+    # The paired figures are those of the per-document results, recomputed here.
+    columns = [np.array(table[c]) for c in ("nats_a", "nats_b", "bytes", "tokens_a", "tokens_b")]
+    expected = paired_figures(*columns, replicates=200, seed=0)
+    assert overall["ci"] == list(expected.ci)
+    assert overall["a_wins"] == expected.a_wins
+    assert overall["correlation"] == expected.correlation
+
+    # Per domain: each pools its own documents, and the domains pool to the whole.
+    domains = paired_figures_by_domain(table["domain"], *columns, replicates=200, seed=0)
+    assert sorted(result["domains"]) == sorted(domains) == ["even", "odd"]
+    for name, f in domains.items():
+        assert result["domains"][name]["ci"] == list(f.ci)
+        assert result["domains"][name]["A"]["nats"] == f.a.nats
+    parts = result["domains"].values()
+    assert sum(p["A"]["bytes"] for p in parts) == result["models"]["A"]["bytes"]
+    assert sum(p["documents"] for p in parts) == N_DOCS
+    pooled = math.fsum(p["A"]["nats"] for p in parts) / (math.log(2) * sum(table["bytes"]))
+    assert pooled == pytest.approx(result["models"]["A"]["bits_per_byte"], rel=1e-12)
+
+    # The terminal table: aligned columns, both models' bpb as in the JSON.
+    lines = reference["stdout"].splitlines()
+    bpb_line = next(line for line in lines if line.startswith("bits per byte"))
+    bpbs = [f"{result['models'][m]['bits_per_byte']:.6f}" for m in ("A", "B")]
+    assert bpb_line.split()[-2:] == bpbs
+    assert len(lines[0]) == len(bpb_line)
+
+
+def test_the_plot_is_a_png_of_the_asked_size(reference):
+    assert reference["plot.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(reference["plot.png"]).shape == (450, 1000, 4)
+
+
+def test_a_model_against_itself_gives_zero(tmp_path, corpus, checkpoints):
+    out_json = tmp_path / "self.json"
+    status, out, _ = _cli(_args(corpus, checkpoints[0], checkpoints[0], "--json", str(out_json)))
+    assert status == 0
+    overall = json.loads(out_json.read_text())["overall"]
+    assert (overall["delta_bpb"], overall["ci"], overall["ties"]) == (0.0, [0.0, 0.0], 1.0)
+    assert overall["verdict"].startswith("no significant difference")
+    assert "no significant difference" in out
+
+
+def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference):
+    out_json = tmp_path / "ws2.json"
+    torchrun = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
+    proc = _subprocess(_args(corpus, *checkpoints, "--json", str(out_json)), launcher=torchrun)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.count("A is better by") == 1  # only rank 0 prints
+    assert out_json.read_bytes() == reference["json"]
+
+
+def test_a_killed_run_resumes_to_identical_json(tmp_path, corpus, checkpoints, reference):
+    cache, out_json = tmp_path / "cache", tmp_path / "resumed.json"
+    argv = _args(corpus, *checkpoints, "--json", str(out_json), "--cache", str(cache))
+    proc = _subprocess([*argv, "--batch-size", "1"])  # slower, so that the kill lands midway
+
+    def cached() -> int:
+        return sum(f.read_bytes().count(b"\n") for f in cache.rglob("*.jsonl"))
+
+    deadline = time.monotonic() + 300
+    while cached() < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done = cached()
+    assert 3 <= done < 2 * N_DOCS and not out_json.exists()
+
+    status, _, err = _cli(argv)
+    assert status == 0, err
+    assert out_json.read_bytes() == reference["json"]
+    # Over both runs every document was scored once: none of the first run's again.
+    assert cached() == 2 * N_DOCS
+    counts = _scored_and_reused(err)
+    assert sum(r for _, r in counts) == done and sum(s for s, _ in counts) == 2 * N_DOCS - done
+
+
+def test_changed_settings_score_everything_anew(tmp_path, corpus, checkpoints, reference):
+    cache = tmp_path / "cache"
+    shutil.copytree(reference["cache"], cache)
+    argv = _args(corpus, *checkpoints, "--cache", str(cache), "--batch-size", "3")
+    status, _, err = _cli(argv)  # the batch size does not change scores: all reused
+    assert status == 0 and _scored_and_reused(err) == [(0, N_DOCS), (0, N_DOCS)]
+    status, _, err = _cli([*argv, "--stride", "8"])
+    assert status == 0 and _scored_and_reused(err) == [(N_DOCS, 0), (N_DOCS, 0)]
+
+
+def _one_line_error(status: int, err: str, expected_status: int, text: str) -> None:
+    errors = [line for line in err.splitlines() if "error: " in line]
+    assert status == expected_status
+    assert len(errors) == 1 and text in errors[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--bootstrap", "0"), ("--seed", "-1"), ("--bootstrap", "many")]
+)
+def test_an_out_of_range_flag_is_one_line(corpus, checkpoints, flag, value):
+    status, _, err = _cli([*_args(corpus, *checkpoints), flag, value])
+    _one_line_error(status, err, 2, f"argument {flag}:")
+
+
+def test_an_unreadable_cache_is_one_line(tmp_path, corpus, checkpoints, reference):
+    cache = tmp_path / "cache"
+    shutil.copytree(reference["cache"], cache)
+    first = next(cache.rglob("*.jsonl"))
+    first.write_bytes(b"garbage\n" + first.read_bytes())
+    status, _, err = _cli(_args(corpus, *checkpoints, "--cache", str(cache)))
+    _one_line_error(status, err, 1, f"{first.name}:1 is corrupt")
+
+
+def test_byte_totals_that_disagree_are_one_line(tmp_path, corpus, checkpoints, reference):
+    # B's cached result for one document claims other bytes than its text has (an edited cache).
+    cache = tmp_path / "cache"
+    shutil.copytree(reference["cache"], cache)
+    identity = load(checkpoints[1]).identity
+    (b_file,) = next(d for d in cache.iterdir() if identity in (d / "key.json").read_text()).glob(
+        "*.jsonl"
+    )
+    lines = [json.loads(line) for line in b_file.read_text().splitlines()]
+    lines[5]["bytes"] += 1
+    b_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    status, _, err = _cli(_args(corpus, *checkpoints, "--cache", str(cache)))
+    _one_line_error(status, err, 1, f"disagree on the bytes of document {lines[5]['id']}")
+
+
+def test_a_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch, corpus, checkpoints):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    status, _, err = _cli(_args(corpus, *checkpoints, "--plot", str(tmp_path / "p.png")))
+    _one_line_error(status, err, 1, "pip install 'bpbeval[plot]'")
+    assert not (tmp_path / "p.png").exists()
