@@ -14,7 +14,14 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from bpbeval.errors import TokenizerError
-from bpbeval.tokenizer import TextTokenizer, audit, from_huggingface, from_tiktoken, train
+from bpbeval.tokenizer import (
+    TextTokenizer,
+    audit,
+    from_huggingface,
+    from_tiktoken,
+    load_tokenizer,
+    train,
+)
 from bpbeval.tokenizer.adapters import _unicode_to_byte
 
 TEXTS = list(pydoc_data.topics.topics.values())[:60]
@@ -195,3 +202,19 @@ def test_from_tiktoken_is_exact():
     assert audit(tok, [*TEXTS, *UNSEEN]).ok
     with pytest.raises(TokenizerError, match="not a special token"):
         from_tiktoken(enc, bos="<|bos|>")
+
+
+def test_load_tokenizer_opens_every_kind(gpt2_like, tmp_path):
+    gpt2_like.save(str(tmp_path / "tokenizer.json"))
+    assert load_tokenizer(str(tmp_path / "tokenizer.json")).hash == from_huggingface(gpt2_like).hash
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=gpt2_like, bos_token="<|endoftext|>"
+    )
+    fast.save_pretrained(tmp_path / "hf")
+    assert load_tokenizer(str(tmp_path / "hf")).hash == from_huggingface(fast).hash
+    ours = train(TEXTS, 300)
+    ours.save(tmp_path / "ours")
+    assert load_tokenizer(str(tmp_path / "ours")).hash == ours.hash
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(TokenizerError, match=r"not a Hugging Face tokenizer\.json"):
+        load_tokenizer(str(tmp_path / "bad.json"))

@@ -210,11 +210,13 @@ class HuggingFaceTokenizer:
         for tag, i1, i2, j1, j2 in matcher.get_opcodes():
             if tag == "equal":
                 continue
-            # Tokens overlapping the stretch, and empty (special, unknown) tokens inside it.
+            # Tokens overlapping the stretch, and empty (special, unknown) tokens inside it;
+            # both bounds are sorted, so only the candidates between two bisections are tried.
+            candidates = range(bisect.bisect_left(ends, j1), bisect.bisect_right(starts, j2))
             over = [
                 k
-                for k, (s, e) in enumerate(zip(starts, ends, strict=True))
-                if (s < j2 and e > j1) or (s == e and j1 <= s <= j2)
+                for k in candidates
+                if (starts[k] < j2 and ends[k] > j1) or (starts[k] == ends[k] and j1 <= starts[k])
             ]
             over_ids = tuple(ids[k] for k in over)
             position = over[0] if over else bisect.bisect_right(starts, j1)
