@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -24,18 +25,11 @@ import torch
 from bpbeval.checkpoint import load, save
 from bpbeval.cli import run
 from bpbeval.compare import main
-from bpbeval.gpt import GPT, GPTConfig
 from bpbeval.statistics import paired_figures, paired_figures_by_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 N_DOCS = 24
-CONTEXT = 16
 TOPICS = sorted(pydoc_data.topics.topics.items())[20:80]
-
-
-def _gpt(vocab_size: int) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size, context_len=CONTEXT, n_layer=1, n_head=2, n_embd=32))
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +45,26 @@ def corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, bpe_tokenizer) -> tuple[str, str]:
-    """(trained, untrained): the same tiny GPT after a few steps of training, and before."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    save(root / "untrained", _gpt(bpe_tokenizer.vocab_size).eval(), bpe_tokenizer, CONTEXT)
-    model = _gpt(bpe_tokenizer.vocab_size).train()
-    ids = torch.tensor(
-        [i for doc in bpe_tokenizer.encode_batch([t for _, t in TOPICS]) for i in doc]
-    )
+def checkpoints(tmp_path_factory, bpe_tokenizer, native_checkpoint) -> tuple[str, str]:
+    """(trained, untrained): the shared tiny GPT after a few steps of training, and as is."""
+    untrained_path, untrained = native_checkpoint
+    model = copy.deepcopy(untrained).train()
+    ids = [i for doc in bpe_tokenizer.encode_batch([t for _, t in TOPICS]) for i in doc]
+    ids = torch.tensor(ids)
+    context = model.config.context_len
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(60):
-        starts = torch.randint(len(ids) - CONTEXT - 1, (16,), generator=generator)
-        batch = torch.stack([ids[s : s + CONTEXT + 1] for s in starts.tolist()])
+        starts = torch.randint(len(ids) - context - 1, (16,), generator=generator)
+        batch = torch.stack([ids[s : s + context + 1] for s in starts.tolist()])
         logits = model(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    save(root / "trained", model.eval(), bpe_tokenizer, CONTEXT)
-    return str(root / "trained"), str(root / "untrained")
+    trained_path = tmp_path_factory.mktemp("trained") / "ckpt"
+    save(trained_path, model.eval(), bpe_tokenizer, context)
+    return str(trained_path), str(untrained_path)
 
 
 def _args(corpus, a, b, *extra) -> list[str]:
@@ -171,7 +165,8 @@ def test_the_plot_is_a_png_of_the_asked_size(reference):
 
 def test_a_model_against_itself_gives_zero(tmp_path, corpus, checkpoints):
     out_json = tmp_path / "self.json"
-    status, out, _ = _cli(_args(corpus, checkpoints[0], checkpoints[0], "--json", str(out_json)))
+    argv = _args(corpus, checkpoints[0], checkpoints[0], "--json", str(out_json), "--max-docs", "8")
+    status, out, _ = _cli(argv)
     assert status == 0
     overall = json.loads(out_json.read_text())["overall"]
     assert (overall["delta_bpb"], overall["ci"], overall["ties"]) == (0.0, [0.0, 0.0], 1.0)
@@ -219,11 +214,11 @@ def test_a_killed_run_resumes_to_identical_json(tmp_path, corpus, checkpoints, r
 def test_changed_settings_score_everything_anew(tmp_path, corpus, checkpoints, reference):
     cache = tmp_path / "cache"
     shutil.copytree(reference["cache"], cache)
-    argv = _args(corpus, *checkpoints, "--cache", str(cache), "--batch-size", "3")
-    status, _, err = _cli(argv)  # the batch size does not change scores: all reused
-    assert status == 0 and _scored_and_reused(err) == [(0, N_DOCS), (0, N_DOCS)]
+    argv = _args(corpus, *checkpoints, "--cache", str(cache), "--max-docs", "6")
+    status, _, err = _cli([*argv, "--batch-size", "3"])  # batch sizes do not change scores
+    assert status == 0 and _scored_and_reused(err) == [(0, 6), (0, 6)]
     status, _, err = _cli([*argv, "--stride", "8"])
-    assert status == 0 and _scored_and_reused(err) == [(N_DOCS, 0), (N_DOCS, 0)]
+    assert status == 0 and _scored_and_reused(err) == [(6, 0), (6, 0)]
 
 
 def _one_line_error(status: int, err: str, expected_status: int, text: str) -> None:
