@@ -218,3 +218,24 @@ def test_load_tokenizer_opens_every_kind(gpt2_like, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(TokenizerError, match=r"not a Hugging Face tokenizer\.json"):
         load_tokenizer(str(tmp_path / "bad.json"))
+
+
+def test_unigram_with_unknown_token():
+    hf = HFTokenizer(models.Unigram())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=500, special_tokens=["<unk>", "<s>"], unk_token="<unk>", show_progress=False
+    )
+    hf.train_from_iterator(TEXTS, trainer)
+    tok = from_huggingface(hf, bos="<s>")
+    assert audit(tok, TEXTS).ok
+    report = audit(tok, UNSEEN)
+    for v in report.violations:
+        assert v.cause == "unknown characters became the unknown token, which counts 0 bytes"
+        assert all(t.ids == (0,) and t.counted_bytes == 0 for t in v.tokens)
+        lost = sum(t.expected_bytes for t in v.tokens)
+        assert v.expected_bytes - v.counted_bytes == lost > 0
+    known = set("".join(hf.get_vocab())) | {" "}
+    assert [v.index for v in report.violations] == [
+        i for i, t in enumerate(UNSEEN) if set(t) - known
+    ]

@@ -227,11 +227,11 @@ class HuggingFaceTokenizer:
 
     def _cause(self, tag: str, ids: tuple[int, ...], extra: bytes) -> str:
         """Why one stretch of tokens disagrees with the text (``extra``: their surplus bytes)."""
+        if self._unk_id in ids:
+            return "unknown characters became the unknown token, which counts 0 bytes"
         specials = sorted({self.tokenizer.id_to_token(i) for i in ids} & self._special_names)
         if specials:
             return f"special tokens {specials} in the text count 0 bytes"
-        if self._unk_id in ids:
-            return "unknown characters became the unknown token, which counts 0 bytes"
         if tag == "insert" and extra == b" " and self._adds_prefix_space:
             return "a prefix space is added before the first word"
         if self._normalizers:
