@@ -55,6 +55,8 @@ FORMAT_VERSION = 1
 RANKS_FILE = "tokenizer.tiktoken"
 CONFIG_FILE = "bpbeval_tokenizer.json"
 TOKEN_BYTES_FILE = "token_bytes.npy"
+# What the hash covers: everything that decides the ids and their bytes, not the name.
+_IDENTITY_KEYS = ("pattern", "special_tokens", "bos_id", "ranks_sha256")
 
 
 @runtime_checkable
@@ -189,13 +191,11 @@ class Tokenizer:
 
     @functools.cached_property
     def _identity(self) -> dict[str, object]:
-        return {
-            # tiktoken keeps the pattern only in this attribute.
-            "pattern": self.encoding._pat_str,
-            "special_tokens": self.special_tokens,
-            "bos_id": self.bos_id,
-            "ranks_sha256": hashlib.sha256(self._ranks_file).hexdigest(),
-        }
+        # tiktoken keeps the pattern only in a private attribute.
+        pattern = self.encoding._pat_str
+        ranks_sha256 = hashlib.sha256(self._ranks_file).hexdigest()
+        values = (pattern, self.special_tokens, self.bos_id, ranks_sha256)
+        return dict(zip(_IDENTITY_KEYS, values, strict=True))
 
     @functools.cached_property
     def hash(self) -> str:
@@ -238,8 +238,7 @@ class Tokenizer:
                     f"{config_path} has format version {version}; "
                     f"this bpbeval reads version {FORMAT_VERSION}"
                 )
-            identity = {key: config[key] for key in ("pattern", "special_tokens", "bos_id")}
-            identity["ranks_sha256"] = config["ranks_sha256"]
+            identity = {key: config[key] for key in _IDENTITY_KEYS}
             name, expected_hash = config["name"], config["hash"]
             bos = {i: s for s, i in identity["special_tokens"].items()}[identity["bos_id"]]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
