@@ -7,7 +7,7 @@ the next ``stride`` tokens with as much preceding context as fits.
 
 Determinism. Logits of the same window differ in the last float32 bits when the
 padded length of its batch changes, so each window's padded length is a function
-of its own length only (rounded up to a multiple of :data:`PAD_MULTIPLE`) and
+of its own length only (:func:`padded_length`) and
 batches hold windows of one padded length. Per-token nats are then the same for
 any batch size and bucket order; each document's nats are summed in float64 and
 the totals with ``math.fsum``, which is exactly rounded and so independent of the
@@ -180,7 +180,13 @@ def check_causal(checkpoint: Checkpoint, *, context_len: int, device: str | torc
         )
 
 
-def _padded(length: int, context_len: int) -> int:
+def padded_length(length: int, context_len: int) -> int:
+    """The length a window of ``length`` tokens is padded to: a function of it alone.
+
+    Example:
+        >>> padded_length(33, 256), padded_length(33, 40)
+        (64, 40)
+    """
     return min(context_len, -(-length // PAD_MULTIPLE) * PAD_MULTIPLE)
 
 
@@ -373,7 +379,9 @@ def _score(
     remaining = [0] * len(targets)
     for position, ids in enumerate(encoded):
         for window in rolling_windows(len(ids), context_len=context_len, stride=stride):
-            buckets[_padded(window.end - window.begin, context_len)].append((position, window))
+            buckets[padded_length(window.end - window.begin, context_len)].append(
+                (position, window)
+            )
             remaining[position] += 1
     inputs = [np.concatenate(([bos], ids)) for ids in encoded]
     nats = torch.zeros(len(targets), dtype=torch.float64, device=device)
@@ -396,9 +404,16 @@ def _score(
                 ids[row, : end - begin] = inputs[position][begin:end]
                 target[row, start - begin : end - begin] = targets[position][start:end]
             target_t = torch.from_numpy(target).to(device, non_blocking=True)
+            token = torch.zeros(target_t.shape, dtype=torch.float32, device=device)
             with torch.inference_mode():
                 logits = checkpoint.model(torch.from_numpy(ids).to(device, non_blocking=True))
-                token = token_nats(logits, target_t, ignore_index=IGNORE)
+                # Losses of the scored positions only: a contiguous slice of each row. With
+                # the default stride that halves the softmax work, and changes no value.
+                for row, (_, (begin, start, end)) in enumerate(batch):
+                    scored = slice(start - begin, end - begin)
+                    token[row, scored] = token_nats(
+                        logits[row, scored], target_t[row, scored], ignore_index=IGNORE
+                    )
             metric.update(token, target_t)
             rows = torch.tensor([position for position, _ in batch], device=device)
             nats.index_add_(0, rows, token.sum(dim=1, dtype=torch.float64))

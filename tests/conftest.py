@@ -19,6 +19,10 @@ from bpbeval.tokenizer import SPECIAL_TOKENS, Tokenizer, train
 
 CONTEXT = 16  # tokens a tiny model sees at once: documents need several windows
 
+# The suite shares 2 cores with other jobs; torch's intra-op threads then spin-wait on
+# each other and tiny ops run 30x slower. Tiny models gain nothing from a second thread.
+torch.set_num_threads(1)
+
 # Non-ASCII text, so that bytes and characters differ.
 UNICODE_TEXTS = ("héllo wörld — naïve café ✓", "日本語のテキスト 🙂 и кириллица", "")
 
