@@ -285,7 +285,6 @@ def score_documents(
         None,
     )
     found = [problem for problem in distributed.all_gather(inexact) if problem is not None]
-    bytes_from_text = bool(found)
     if found and not allow_inexact_bytes:
         _, doc_id, from_tokens, from_text = min(found)
         raise ScoringError(
@@ -346,7 +345,7 @@ def score_documents(
         nats_total,
         bytes_total,
         tokens_total,
-        bytes_from_text and allow_inexact_bytes,
+        bytes_from_text=bool(found),
     )
 
 
