@@ -33,7 +33,7 @@ def _reference_ci(nats_a, nats_b, nbytes, replicates, seed):
     return tuple(np.quantile(np.array(deltas), [0.025, 0.975]))
 
 
-@pytest.mark.parametrize("block_elements", [1 << 22, 1000])  # one block; many blocks of 3 rows
+@pytest.mark.parametrize("block_elements", [1 << 22, 1000])  # one block; blocks of 3 rows
 def test_bootstrap_ci_equals_independent_resampling(monkeypatch, block_elements):
     monkeypatch.setattr(statistics, "_BLOCK_ELEMENTS", block_elements)
     nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(257, seed=1, ratio=1.02)
