@@ -264,3 +264,22 @@ def test_a_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch, corpus, ch
     status, _, err = _cli(_args(corpus, *checkpoints, "--plot", str(tmp_path / "p.png")))
     _one_line_error(status, err, 1, "pip install 'bpbeval[plot]'")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_models_of_other_formats_and_vocabularies_share_the_bytes(
+    tmp_path, corpus, checkpoints, hf_checkpoint
+):
+    # A native checkpoint with our BPE against a Hugging Face GPT-2 with its own tokenizer.
+    out_json, per_doc = tmp_path / "mixed.json", tmp_path / "mixed.parquet"
+    argv = _args(corpus, checkpoints[0], str(hf_checkpoint[0]), "--max-docs", "6", "--json",
+                 str(out_json), "--per-doc", str(per_doc))  # fmt: skip
+    status, _, err = _cli(argv)
+    assert status == 0, err
+    result = json.loads(out_json.read_text())
+    a, b = result["models"]["A"], result["models"]["B"]
+    assert (a["kind"], b["kind"]) == ("native", "huggingface")
+    assert a["tokenizer_hash"] != b["tokenizer_hash"]
+    table = pq.read_table(per_doc).to_pydict()
+    assert table["bytes"] == [len(row["text"].encode("utf-8")) for row in corpus[1][:6]]
+    assert a["bytes"] == b["bytes"] == sum(table["bytes"])
+    assert table["tokens_a"] != table["tokens_b"]
