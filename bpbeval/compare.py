@@ -331,13 +331,16 @@ def report(
     ]
     overall = comparison.overall
     paired = [
-        ["Δbpb (A − B)", f"{overall.delta:+.6f}"],
-        [f"{CONFIDENCE:.0%} CI", f"[{overall.ci[0]:+.6f}, {overall.ci[1]:+.6f}]"],
-        ["bootstrap", f"{overall.replicates} replicates of {overall.documents} documents"],
-        ["A wins", f"{overall.a_wins:.1%} of documents ({overall.ties:.1%} ties)"],
-        ["correlation", _correlation(overall.correlation)],
+        ("Δbpb (A − B)", f"{overall.delta:+.6f}"),
+        (f"{CONFIDENCE:.0%} CI", f"[{overall.ci[0]:+.6f}, {overall.ci[1]:+.6f}]"),
+        ("bootstrap", f"{overall.replicates} replicates of {overall.documents} documents"),
+        ("A wins", f"{overall.a_wins:.1%} of documents ({overall.ties:.1%} ties)"),
+        ("correlation", _correlation(overall.correlation)),
     ]
-    lines = [_table(per_model), "", _table(paired), "", overall.verdict]
+    width = max(len(label) for label, _ in paired)
+    lines = [_table(per_model), ""]
+    lines += [f"{label:<{width}}  {value}" for label, value in paired]
+    lines += ["", overall.verdict]
     if any(scores[m].bytes_from_text for m in MODELS):
         lines.append("note: bytes are the texts' own UTF-8 bytes (--allow-inexact-bytes)")
     if comparison.domains:

@@ -175,13 +175,19 @@ def test_a_model_against_itself_gives_zero(tmp_path, corpus, checkpoints):
 
 
 def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference):
-    out_json = tmp_path / "ws2.json"
+    out_json, cache = tmp_path / "ws2.json", tmp_path / "cache"
     torchrun = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
-    proc = _subprocess(_args(corpus, *checkpoints, "--json", str(out_json)), launcher=torchrun)
+    argv = _args(corpus, *checkpoints, "--json", str(out_json), "--cache", str(cache))
+    proc = _subprocess(argv, launcher=torchrun)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert out.count("A is better by") == 1  # only rank 0 prints
     assert out_json.read_bytes() == reference["json"]
+    # Each rank kept its own share; rank 0 reports the sum.
+    assert _scored_and_reused(err) == [(N_DOCS, 0), (N_DOCS, 0)]
+    for model in cache.iterdir():
+        files = sorted(model.glob("*.jsonl"))
+        assert [f.read_bytes().count(b"\n") for f in files] == [N_DOCS // 2, N_DOCS // 2]
 
 
 def test_a_killed_run_resumes_to_identical_json(tmp_path, corpus, checkpoints, reference):
