@@ -78,7 +78,7 @@ def compare_scores(
 
     Raises:
         ScoringError: the two scorings differ in documents or in any document's bytes,
-            so their bpbs would divide by different denominators.
+            so their bpbs would divide by different denominators; or there are no bytes.
 
     Example:
         >>> from bpbeval.scoring import DocumentScore
@@ -121,6 +121,8 @@ def _check_same_bytes(documents: Sequence[Document], a: Scores, b: Scores) -> No
             )
     if a.bytes != b.bytes:
         raise ScoringError(f"A and B disagree on the byte total ({a.bytes} vs {b.bytes})")
+    if a.bytes == 0:
+        raise ScoringError("the documents hold no text to compare on (0 bytes)")
 
 
 def build_parser() -> ArgumentParser:

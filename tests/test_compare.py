@@ -289,3 +289,10 @@ def test_models_of_other_formats_and_vocabularies_share_the_bytes(
     assert table["bytes"] == [len(row["text"].encode("utf-8")) for row in corpus[1][:6]]
     assert a["bytes"] == b["bytes"] == sum(table["bytes"])
     assert table["tokens_a"] != table["tokens_b"]
+
+
+def test_documents_without_text_are_one_line(tmp_path, checkpoints):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n{"text": ""}\n')
+    status, _, err = _cli([*checkpoints, "--data", str(empty), "--device", "cpu"])
+    _one_line_error(status, err, 1, "no text to compare on")
