@@ -46,6 +46,7 @@ def test_scores_round_trip_exactly_across_processes(tmp_path):
     # The domain comes from the document asked about, not from the run that scored it.
     relabelled = Document(id="d0", text=docs[0].text, domain="code")
     assert cache.get(relabelled).domain == "code"
+    assert (cache.hits, cache.written) == (6, 0)
 
 
 @pytest.mark.parametrize(
