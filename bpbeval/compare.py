@@ -315,6 +315,7 @@ def plot_png(a: Scores, b: Scores) -> bytes:
     histogram.hist([x - y for x, y in zip(bpb_a, bpb_b, strict=True)], bins=40)
     histogram.axvline(0, color="grey", linewidth=1)
     histogram.set(xlabel="bpb of A − bpb of B", ylabel="documents", title="per-document Δbpb")
+    histogram.yaxis.get_major_locator().set_params(integer=True)  # counts of documents
     fig.tight_layout()
     sink = io.BytesIO()
     fig.savefig(sink, format="png")
