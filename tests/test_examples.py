@@ -1,0 +1,135 @@
+"""Every example runs with small settings, and what it prints or writes is checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import pydoc_data.topics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpbeval import eval as bpbeval_eval
+from bpbeval.checkpoint import load
+from bpbeval.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(*args: str | Path, **env: str) -> str:
+    """Run ``examples/<args>`` in a fresh interpreter; return its stdout."""
+    command = [str(a) for a in args]
+    if command[0].endswith(".py"):
+        command = [sys.executable, str(ROOT / "examples" / command[0]), *command[1:]]
+    else:
+        command = [str(ROOT / "examples" / command[0]), *command[1:]]
+    environment = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        # The examples import bpbeval from this checkout even where it is not installed.
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_train_loop_with_torch_compile(tmp_path):
+    out = tmp_path / "train.json"
+    run_example(
+        "train_loop.py", "--steps", "20", "--eval-every", "10", "--backend", "aot_eager",
+        "--context", "32", "--n-embd", "16", "--vocab-size", "300", "--json", out,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+    val_bytes = sum(len(t.encode("utf-8")) for t in topics[::10])
+    assert [e["step"] for e in result["history"]] == [10, 20]
+    for entry in result["history"]:
+        assert entry["val_bytes"] == val_bytes
+        assert entry["val_bpb"] * math.log(2) * val_bytes == pytest.approx(entry["val_nats"])
+        assert entry["val_bpb"] * entry["val_bytes_per_token"] == pytest.approx(
+            entry["val_bits_per_token"]
+        )
+        # Trained, it predicts better than a uniform guess over the vocabulary.
+        assert entry["val_bits_per_token"] < math.log2(result["vocab_size"])
+        assert 0 < entry["train_bpb"] < 8 * math.log2(result["vocab_size"])
+
+
+def _nanochat_count(encoding_bytes: bytes) -> int:
+    # nanochat's token_bytes recipe, written out: the bytes of the decoded string.
+    return len(encoding_bytes.decode("utf-8", errors="replace").encode("utf-8"))
+
+
+def test_nanochat_tokenizer_made_in_place(tmp_path):
+    out = tmp_path / "converted"
+    stdout = run_example("nanochat_tokenizer.py", "--out", out, "--docs", "100",
+                         "--vocab-size", "400")  # fmt: skip
+    tokenizer = Tokenizer.load(out)
+    assert tokenizer.vocab_size == 400
+    exact = tokenizer.token_bytes().tolist()
+    wrong = sum(
+        _nanochat_count(tokenizer.encoding.decode_single_token_bytes(i)) != exact[i]
+        for i in range(tokenizer.vocab_size)
+        if exact[i]
+    )
+    assert wrong >= 128  # at least the single bytes 0x80-0xff, which are not UTF-8 alone
+    assert f"token_bytes.pt: {wrong} of 400 entries differ" in stdout
+    assert "audit on 100 documents: bytes conserved on all 100 texts" in stdout
+
+
+def test_nanochat_tokenizer_from_a_nanochat_directory(tmp_path, bpe_tokenizer):
+    nanochat = tmp_path / "nanochat"
+    nanochat.mkdir()
+    # nanochat pickles its tiktoken.Encoding as it is.
+    (nanochat / "tokenizer.pkl").write_bytes(pickle.dumps(bpe_tokenizer.encoding))
+    out = tmp_path / "converted"
+    stdout = run_example("nanochat_tokenizer.py", "--nanochat-dir", nanochat, "--out", out,
+                         "--docs", "50")  # fmt: skip
+    converted = Tokenizer.load(out)
+    assert converted.hash == bpe_tokenizer.hash
+    text = pydoc_data.topics.topics["assert"]
+    assert converted.encode(text) == bpe_tokenizer.encoding.encode_ordinary(text)
+    assert "token_bytes.pt" not in stdout  # this directory has none to check
+    assert "audit on 50 documents: bytes conserved" in stdout
+
+
+def test_compare_hf(tmp_path):
+    run_example("compare_hf.py", "--out", tmp_path, "--steps", "5", "--val-docs", "8")
+    result = json.loads((tmp_path / "compare.json").read_text())
+    texts = [json.loads(line)["text"] for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    val_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    assert len(texts) == 8
+    models = result["models"]
+    for name, m in models.items():
+        assert m["kind"] == "huggingface"
+        assert m["bytes"] == val_bytes
+        assert m["bits_per_byte"] * math.log(2) * val_bytes == pytest.approx(m["nats"], rel=1e-9)
+        assert (
+            load(str(tmp_path / ("gpt2" if name == "A" else "llama"))).tokenizer.hash
+            == (m["tokenizer_hash"])
+        )
+    assert models["A"]["tokenizer_hash"] != models["B"]["tokenizer_hash"]
+    assert models["A"]["tokens"] != models["B"]["tokens"]  # different tokenizers, same bytes
+    expected = models["A"]["bits_per_byte"] - models["B"]["bits_per_byte"]
+    assert result["overall"]["delta_bpb"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_ddp_eval_on_two_processes_equals_one(tmp_path, native_checkpoint, documents_jsonl):
+    path, _ = native_checkpoint
+    two = tmp_path / "two.json"
+    one = tmp_path / "one.json"
+    stdout = run_example("ddp_eval.sh", path, "--data", documents_jsonl, "--json", two,
+                         "--batch-size", "3")  # fmt: skip
+    assert stdout.count("bits_per_byte") == 1  # rank 0 alone prints
+    assert bpbeval_eval.main([str(path), "--data", str(documents_jsonl), "--json", str(one)]) == 0
+    a, b = json.loads(two.read_text()), json.loads(one.read_text())
+    texts = [json.loads(line)["text"] for line in documents_jsonl.read_text().splitlines()]
+    assert a["bytes"] == b["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+    assert a["documents"] == b["documents"] == len(texts)
+    assert a["bits_per_byte"] == pytest.approx(b["bits_per_byte"], rel=1e-9)
