@@ -7,14 +7,19 @@ A native checkpoint is a directory::
                       B and T dynamic, 1 <= T <= context length
     tokenizer/        the bpbeval tokenizer (Tokenizer.save)
 
-Loading it needs no model code. ``torch.export.load`` would unpickle some payloads
-(tensor subclasses, script objects, opaque constants, legacy archives), and falls
-back to ``torch.load(weights_only=False)`` when sample inputs do not load safely.
-So :func:`load` first reads the archive's JSON payload configs and refuses any
-pickled payload, then runs ``torch.export.load`` with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
-set, which makes every ``torch.load`` inside it weights-only. What remains is raw
-tensor bytes and the JSON-serialised graph. Hugging Face weights load with
-``weights_only=True`` as well, offline, and run remote code only when asked.
+Loading it needs no model code, and unpickles nothing. In torch 2.13,
+``torch.export.load`` itself unpickles: weights and constants stored as tensor
+subclasses (``torch.load(weights_only=False)``), script and opaque objects
+(``pickle.loads``), sample inputs (``weights_only=True`` first, then a fallback to
+``weights_only=False``), legacy archives, and it loads AOTInductor libraries and
+every ``models/*.json`` it finds. So :func:`load` first checks the archive: only
+the files ``torch.export.save`` writes for one plain program may be there, and its
+JSON payload configs must mark every weight and constant as raw bytes. Then it
+runs ``torch.export.load`` with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, which turns
+every ``torch.load`` inside into a weights-only one (the sample inputs are plain
+tensors). What remains is raw tensor bytes and the JSON-serialised graph. Hugging
+Face weights load with ``weights_only=True``, offline, with remote code only when
+asked.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ def save(
     batch, time = torch.export.Dim("B", min=1), torch.export.Dim("T", min=1, max=context_len)
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch, 1: time},))
+    if example.device.type != "cpu":  # saved on the CPU, so that any machine can load it
+        program = torch.export.passes.move_to_device_pass(program, "cpu")
     with atomic_directory(directory) as tmp:
         torch.export.save(program, tmp / PROGRAM_FILE)
         tokenizer.save(tmp / TOKENIZER_DIR)
