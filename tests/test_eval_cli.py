@@ -106,3 +106,42 @@ def test_the_command_line_exits_without_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith("error: checkpoint") and result.stderr.count("\n") == 1
+
+
+NFKC_LOADER = """
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from bpbeval.gpt import GPT, GPTConfig
+from bpbeval.tokenizer import from_huggingface
+
+def load(spec):
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    hf = Tokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    hf.normalizer = normalizers.NFKC()  # rewrites the text: the ligature 'ﬁ' becomes 'fi'
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.add_special_tokens(["<|endoftext|>"])
+    return GPT(GPTConfig(257, context_len=8, n_layer=1, n_embd=16)), from_huggingface(hf)
+"""
+
+
+def test_a_normalising_tokenizer_stops_the_run_unless_text_bytes_are_allowed(
+    tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "nfkc_loader.py").write_text(NFKC_LOADER, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "docs.jsonl"
+    text = "a ﬁne ﬁsh"  # each 'ﬁ' is 3 UTF-8 bytes, 'fi' is 2
+    data.write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    argv = ["x", "--loader", "nfkc_loader:load", "--data", str(data), "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        run(main, argv)
+    err = capsys.readouterr().err
+    assert "not byte-conservative on document docs.jsonl:0" in err
+    assert "difference -2" in err  # two ligatures, one byte short each
+
+    assert main([*argv, "--allow-inexact-bytes"]) == 0
+    out = capsys.readouterr().out
+    printed = dict(
+        line.split(maxsplit=1) for line in out.splitlines() if not line.startswith("note")
+    )
+    assert int(printed["bytes"]) == len(text.encode("utf-8"))
+    assert "note: the tokenizer is not byte-conservative" in out
