@@ -17,7 +17,9 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+def run(
+    main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> NoReturn:
     """Run a command's ``main`` and exit; a user error prints one line and exits 1.
 
     ``BpbevalError`` and ``OSError`` (a missing file, a full disk) are user errors:
