@@ -9,6 +9,7 @@ predicts the text.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,12 +101,12 @@ def train(
     config: TrainConfig,
     *,
     log: Callable[[str], None] = print,
-) -> list[dict[str, float]]:
+) -> list[dict[str, float | None]]:
     """Train ``model`` in place with AdamW; return the validation figures along the way.
 
     Each entry of the returned list has ``step``, ``train_loss`` (nats per token, mean of
-    the steps since the last entry), ``val_bpb``, ``val_bits_per_token`` and ``tokens``
-    (training tokens seen so far).
+    the steps since the last entry; None at step 0), ``val_bpb``, ``val_bits_per_token``
+    and ``tokens`` (training tokens seen so far).
 
     Example:
         >>> from bpbeval.gpt import GPTConfig
@@ -128,7 +129,7 @@ def train(
         model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0
     )
     warmup = max(1, config.steps // 10)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float | None]] = []
     losses: list[float] = []
     start = time.perf_counter()
     for step in range(config.steps + 1):
@@ -139,17 +140,18 @@ def train(
             entry = {
                 "step": step,
                 "tokens": step * B * T,
-                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+                "train_loss": sum(losses) / len(losses) if losses else None,
                 "val_bpb": val.bits_per_byte.item(),
                 "val_bits_per_token": val.bits_per_token.item(),
             }
             history.append(entry)
             losses.clear()
             rate = entry["tokens"] / (time.perf_counter() - start)
+            train_loss = "  -  " if entry["train_loss"] is None else f"{entry['train_loss']:.3f}"
+            val_loss = entry["val_bits_per_token"] * math.log(2)
             log(
-                f"  step {step:4d}/{config.steps} | train loss {entry['train_loss']:.3f} nats/token"
-                f" | val {entry['val_bpb']:.3f} bpb ({entry['val_bits_per_token']:.3f} bits/token)"
-                f" | {rate:,.0f} tokens/s"
+                f"  step {step:4d}/{config.steps} | train loss {train_loss} | val loss "
+                f"{val_loss:.3f} nats/token, {entry['val_bpb']:.3f} bits/byte | {rate:,.0f} tok/s"
             )
         if step == config.steps:
             break
