@@ -16,7 +16,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -27,7 +27,7 @@ import bpbeval
 from bpbeval import distributed
 from bpbeval.cache import ResultCache
 from bpbeval.checkpoint import Checkpoint
-from bpbeval.cli import ArgumentParser, run
+from bpbeval.cli import ArgumentParser, int_at_least, run
 from bpbeval.data import Document
 from bpbeval.errors import MissingDependencyError, ScoringError
 from bpbeval.eval import (
@@ -136,12 +136,14 @@ def build_parser() -> ArgumentParser:
     add_scoring_arguments(parser)
     parser.add_argument(
         "--bootstrap",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=1000,
         metavar="N",
         help="bootstrap replicates (default 1000)",
     )
-    parser.add_argument("--seed", type=_at_least(0), default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="bootstrap seed (default 0)"
+    )
     parser.add_argument(
         "--cache", metavar="DIR", help="keep per-document results here; a rerun resumes"
     )
@@ -390,19 +392,6 @@ def _table(rows: list[list[str]]) -> str:
         ).rstrip()
         for row in rows
     )
-
-
-def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
 
 
 if __name__ == "__main__":

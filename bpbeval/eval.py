@@ -16,7 +16,7 @@ import torch
 
 from bpbeval import distributed
 from bpbeval.checkpoint import Checkpoint, load
-from bpbeval.cli import ArgumentParser, run
+from bpbeval.cli import ArgumentParser, positive_int, run
 from bpbeval.data import Document, read_documents
 from bpbeval.errors import ScoringError
 from bpbeval.files import atomic_write_text
@@ -37,18 +37,26 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--text-column", default="text", help="column or key holding the text")
     data.add_argument("--domain-column", help="optional column or key holding a domain label")
-    data.add_argument("--max-docs", type=int, help="score only the first N documents")
+    data.add_argument("--max-docs", type=positive_int, help="score only the first N documents")
     data.add_argument(
-        "--max-bytes", type=int, help="score only the first documents that fit in N UTF-8 bytes"
+        "--max-bytes",
+        type=positive_int,
+        help="score only the first documents that fit in N UTF-8 bytes",
     )
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument(
-        "--stride", type=int, help="tokens scored per window after the first (default: context / 2)"
+        "--stride",
+        type=positive_int,
+        help="tokens scored per window after the first (default: context / 2)",
     )
     scoring.add_argument(
-        "--context", type=int, help="tokens per window (default and maximum: the model's context)"
+        "--context",
+        type=positive_int,
+        help="tokens per window (default and maximum: the model's context)",
     )
-    scoring.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    scoring.add_argument(
+        "--batch-size", type=positive_int, default=8, help="windows per forward pass"
+    )
     scoring.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     scoring.add_argument("--dtype", choices=sorted(DTYPES), help="cast the model's weights")
     scoring.add_argument(
@@ -134,10 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_scoring_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    for name in ("max_docs", "max_bytes", "batch_size", "stride", "context"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
     with distributed.process_group(args.device):
         checkpoint = load_checkpoint(args, args.checkpoint)

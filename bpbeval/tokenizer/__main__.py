@@ -17,19 +17,12 @@ from itertools import chain, islice
 
 from tqdm import tqdm
 
-from bpbeval.cli import ArgumentParser, run
+from bpbeval.cli import ArgumentParser, positive_int, run
 from bpbeval.data import cap_texts, read_documents
 from bpbeval.errors import DataError
 from bpbeval.tokenizer.audit import AuditReport, audit
 from bpbeval.tokenizer.core import train
 from bpbeval.tokenizer.loading import load_tokenizer
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {n}")
-    return n
 
 
 def _parser() -> ArgumentParser:
@@ -42,13 +35,15 @@ def _parser() -> ArgumentParser:
 
     p = commands.add_parser("train", help="train a tokenizer and save it")
     data_options(p)
-    p.add_argument("--vocab-size", type=_positive, required=True, help="including special tokens")
+    p.add_argument(
+        "--vocab-size", type=positive_int, required=True, help="including special tokens"
+    )
     p.add_argument("--out", required=True, help="directory to save the tokenizer to")
-    p.add_argument("--max-chars", type=_positive, help="train on at most this many characters")
-    p.add_argument("--doc-cap", type=_positive, help="cut each document to this many characters")
+    p.add_argument("--max-chars", type=positive_int, help="train on at most this many characters")
+    p.add_argument("--doc-cap", type=positive_int, help="cut each document to this many characters")
     p.add_argument(
         "--heldout-docs",
-        type=_positive,
+        type=positive_int,
         default=64,
         help="the first N documents are not trained on; compression is measured on them",
     )
@@ -56,12 +51,12 @@ def _parser() -> ArgumentParser:
     p = commands.add_parser("audit", help="check byte conservation on a corpus")
     p.add_argument("tokenizer")
     data_options(p)
-    p.add_argument("--max-docs", type=_positive, help="audit only the first N documents")
+    p.add_argument("--max-docs", type=positive_int, help="audit only the first N documents")
 
     p = commands.add_parser("compare", help="bytes per token of several tokenizers")
     p.add_argument("tokenizers", nargs="+")
     data_options(p)
-    p.add_argument("--max-docs", type=_positive, help="use only the first N documents")
+    p.add_argument("--max-docs", type=positive_int, help="use only the first N documents")
     return parser
 
 
