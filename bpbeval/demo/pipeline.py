@@ -1,10 +1,10 @@
 """The demo, stage by stage: corpus, two tokenizers, two models, one comparison.
 
-Every stage writes under one build directory (``runs/demo`` by default) and records,
-next to what it built, a stamp: the SHA-256 of its inputs (settings and the fingerprints
-of the stages it used) and the fingerprint of what it wrote. A second run reuses an
-artefact when both still match, and rebuilds it, and whatever was built from it, when
-either does not.
+Every stage writes under one build directory (``runs/demo`` by default) and records a
+stamp in its ``stamps/`` folder: the SHA-256 of the stage's inputs (settings and the
+fingerprints of the stages it used) and the fingerprint of what it wrote. A second run
+reuses an artefact when both still match, and rebuilds it, and whatever was built from
+it, when either does not (or the stamp is unreadable).
 """
 
 from __future__ import annotations
@@ -96,11 +96,14 @@ def _stage(
     """
     path, stamp_path = root / name, root / "stamps" / f"{name.replace('/', '-')}.json"
     key = sha256_json(inputs)
-    if path.exists() and stamp_path.is_file():
+    try:
         stamp = json.loads(stamp_path.read_text("utf-8"))
-        if stamp["inputs"] == key and stamp["fingerprint"] == tree_sha256(path):
-            log(f"  {name}: reusing {path} (same settings, unchanged)")
-            return stamp
+        fresh = stamp["inputs"] == key and stamp["fingerprint"] == tree_sha256(path)
+    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: build again
+        fresh = False
+    if fresh:
+        log(f"  {name}: reusing {path} (same settings, unchanged)")
+        return stamp
     log(f"  {name}: building {path} ...")
     start = time.perf_counter()
     info = build(path)
@@ -150,9 +153,10 @@ def run(
         root,
         "data",
         {
-            k: v
-            for k, v in asdict(s).items()
-            if k in ("train_chars", "val_docs", "doc_chars", "seed")
+            "train_chars": s.train_chars,
+            "val_docs": s.val_docs,
+            "doc_chars": s.doc_chars,
+            "seed": s.seed,
         },
         lambda path: _build_corpus(path, s),
         log,
@@ -213,13 +217,14 @@ def run(
             "tokenizer": tokenizer.hash,
             "model": asdict(config),
             "train": asdict(train_config),
+            "eval_bytes": s.eval_bytes,
         }
         stamp = _stage(
             root,
             f"models/{name}",
             inputs,
             lambda path, c=config, t=tokenizer: _build_model(
-                path, c, t, train_texts, val_texts, train_config, s.seed, log
+                path, c, t, train_texts, val_texts, train_config, log
             ),
             log,
         )
@@ -233,24 +238,10 @@ def run(
 
     header("4/4 compare on the val documents: per-token loss vs bits per byte")
     json_path, plot_path = root / "compare.json", root / "compare.png"
-    argv = [
-        str(checkpoints["byte-level"]),
-        str(checkpoints[bpe]),
-        "--data",
-        str(splits.val),
-        "--domain-column",
-        "domain",
-        "--bootstrap",
-        str(s.bootstrap),
-        "--json",
-        str(json_path),
-        "--plot",
-        str(plot_path),
-        "--per-doc",
-        str(root / "per_doc.parquet"),
-        "--cache",
-        str(root / "cache"),
-    ]
+    argv = [str(checkpoints["byte-level"]), str(checkpoints[bpe]), "--data", str(splits.val)]
+    argv += ["--domain-column", "domain", "--bootstrap", str(s.bootstrap)]
+    argv += ["--json", str(json_path), "--plot", str(plot_path)]
+    argv += ["--per-doc", str(root / "per_doc.parquet"), "--cache", str(root / "cache")]
     log("  $ python -m bpbeval.compare " + " ".join(argv))
     compare.main(argv)
     log("")
@@ -314,10 +305,9 @@ def _build_model(
     train_texts: list[str],
     val_texts: list[str],
     train_config: TrainConfig,
-    seed: int,
     log: Log,
 ) -> dict[str, Any]:
-    torch.manual_seed(seed)
+    torch.manual_seed(train_config.seed)
     model = GPT(config)
     train_stream = token_stream(tokenizer, train_texts)
     val_stream = token_stream(tokenizer, val_texts)
