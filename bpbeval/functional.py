@@ -60,6 +60,17 @@ def _nats_to(nats: Tensor, device: torch.device) -> Tensor:
     return _nats_as_float64(nats).to(device)
 
 
+def _ignored_targets(target: Tensor, ignore_index: int | None) -> Tensor:
+    """Where a target is ignored: ids below 0 (nanochat's -1, HF's -100) and ``ignore_index``.
+
+    One rule for the metric and the loss helpers, so one target tensor serves both.
+    """
+    ignored = target < 0
+    if ignore_index is not None:
+        ignored |= target == ignore_index
+    return ignored
+
+
 def _bits_per_byte_validate_args(token_bytes: Tensor, ignore_index: int | None) -> None:
     """Check the arguments a metric is built with (reads token_bytes once, so it syncs)."""
     if not isinstance(token_bytes, Tensor):
@@ -94,9 +105,7 @@ def _bits_per_byte_validate_inputs(
         raise TypeError(f"loss must be a floating point tensor of nats, got dtype {loss.dtype}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target must be an integer tensor of token ids, got dtype {target.dtype}")
-    kept = target >= 0
-    if ignore_index is not None:
-        kept &= target != ignore_index
+    kept = ~_ignored_targets(target, ignore_index)
     outside = kept & (target >= token_bytes.numel())
     if bool(outside.any()):
         raise ValueError(
@@ -123,9 +132,7 @@ def _bits_per_byte_update(
     tokens are int64. Targets below 0, equal to ``ignore_index`` or of 0 bytes count
     in none of the three.
     """
-    ignored = target < 0
-    if ignore_index is not None:
-        ignored |= target == ignore_index
+    ignored = _ignored_targets(target, ignore_index)
     # Look up a safe id where ignored, then zero those: no boolean indexing, no sync.
     nbytes = token_bytes.take(torch.where(ignored, 0, target)).masked_fill_(ignored, 0)
     scored = nbytes > 0

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bpbeval.functional import _ignored_targets
+
 # Rows per chunk: at a 65536 vocabulary a float32 chunk of logits is 64 MiB.
 DEFAULT_CHUNK_SIZE = 256
 
@@ -24,24 +26,29 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 
 def _chunked_nats(
-    logits_of_rows: Callable[[slice], Tensor], target: Tensor, ignore_index: int, chunk_size: int
+    logits_of_rows: Callable[[slice], Tensor],
+    target: Tensor,
+    ignore_index: int | None,
+    chunk_size: int,
 ) -> Tensor:
     """float32 nats of 1-D ``target``, upcasting the logits of ``chunk_size`` rows at a time."""
     _check_chunk_size(chunk_size)
+    ignored = _ignored_targets(target, ignore_index)
+    safe_target = target.masked_fill(ignored, 0)
     out = torch.empty(target.shape, dtype=torch.float32, device=target.device)
     for start in range(0, target.numel(), chunk_size):
         rows = slice(start, start + chunk_size)
         out[rows] = F.cross_entropy(
-            logits_of_rows(rows).float(), target[rows], ignore_index=ignore_index, reduction="none"
+            logits_of_rows(rows).float(), safe_target[rows], reduction="none"
         )
-    return out
+    return out.masked_fill_(ignored, 0.0)
 
 
 def token_nats(
     logits: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Tensor:
     """Per-token cross-entropy in nats, float32, without a float32 copy of all the logits.
@@ -52,7 +59,7 @@ def token_nats(
     Args:
         logits: [..., V] in any float dtype (bf16 stays bf16 outside the current chunk).
         target: int64 [...], the ids predicted.
-        ignore_index: target id whose loss is 0, as in ``F.cross_entropy``.
+        ignore_index: one more target id whose loss is 0, besides all ids below 0.
         chunk_size: rows of logits upcast at once.
 
     Returns:
@@ -60,7 +67,7 @@ def token_nats(
 
     Example:
         >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]], dtype=torch.bfloat16)
-        >>> token_nats(logits, torch.tensor([[1, -100]]))
+        >>> token_nats(logits, torch.tensor([[1, -1]]))  # ids below 0 are ignored
         tensor([[0.6931, 0.0000]])
     """
     flat_logits = logits.flatten(0, -2)
@@ -73,7 +80,7 @@ def token_nats_from_hidden(
     weight: Tensor,
     target: Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Tensor:
     """Per-token nats from final hidden states and the unembedding, never holding all logits.
@@ -86,7 +93,7 @@ def token_nats_from_hidden(
         hidden: [..., D] final hidden states (after the last norm).
         weight: [V, D] unembedding (``lm_head.weight``); no bias.
         target: int64 [...], the ids predicted.
-        ignore_index: target id whose loss is 0.
+        ignore_index: one more target id whose loss is 0, besides all ids below 0.
         chunk_size: rows whose logits exist at once.
 
     Returns:
@@ -108,12 +115,13 @@ def token_nats_from_hidden(
         options = torch.nn.LinearCrossEntropyOptions(
             batch_chunk_size=chunk_size, chunking_method=None
         )
+        ignored = _ignored_targets(flat_target, ignore_index)
         nats = F.linear_cross_entropy(
             flat_hidden,
             weight,
-            flat_target,
+            flat_target.masked_fill(ignored, 0),
             reduction="none",
-            ignore_index=ignore_index,
             options=options,
         ).float()
+        nats = nats.masked_fill_(ignored, 0.0)
     return nats.view(target.shape)

@@ -35,7 +35,8 @@ from bpbeval.metric import BitsPerByte
 
 # Windows are right-padded to a multiple of this many positions (or the context).
 PAD_MULTIPLE = 32
-# Target id of positions that are not scored: context, padding, 0-byte tokens.
+# Target id of positions that are not scored (context, padding, 0-byte tokens): any id
+# below 0 is ignored by the loss helpers and the metric alike.
 IGNORE = -100
 
 
@@ -410,9 +411,7 @@ def _score(
                 # the default stride that halves the softmax work, and changes no value.
                 for row, (_, (begin, start, end)) in enumerate(batch):
                     scored = slice(start - begin, end - begin)
-                    token[row, scored] = token_nats(
-                        logits[row, scored], target_t[row, scored], ignore_index=IGNORE
-                    )
+                    token[row, scored] = token_nats(logits[row, scored], target_t[row, scored])
             metric.update(token, target_t)
             rows = torch.tensor([position for position, _ in batch], device=device)
             nats.index_add_(0, rows, token.sum(dim=1, dtype=torch.float64))

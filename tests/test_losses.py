@@ -65,3 +65,18 @@ def test_chunk_size_must_be_positive():
         token_nats(logits, target, chunk_size=0)
     with pytest.raises(ValueError, match="chunk_size must be a positive"):
         token_nats_from_hidden(logits, torch.zeros(5, 4), target, chunk_size=0)
+
+
+def test_every_negative_target_is_ignored_like_the_metric():
+    # nanochat masks with -1, Hugging Face with -100: both give 0 nats, as BitsPerByte ignores both.
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 11, generator=g)
+    target = torch.tensor([3, -1, 7, -100, 0, -5])
+    kept = target >= 0
+    reference = F.cross_entropy(logits[kept], target[kept], reduction="none")
+    for got in (
+        token_nats(logits, target),
+        token_nats_from_hidden(logits, torch.eye(11), target),
+    ):
+        assert torch.equal(got[~kept], torch.zeros(3))
+        torch.testing.assert_close(got[kept], reference, rtol=1e-5, atol=1e-5)
