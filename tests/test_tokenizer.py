@@ -389,7 +389,7 @@ def test_cli_error_is_one_line():
     ("args", "code", "message"),
     [
         (["audit", "/nonexistent", "--data", "."], 1, "no tokenizer found"),
-        (["train", "--data", "x", "--vocab-size", "-3", "--out", "x"], 2, "must be at least 1, got -3"),
+        (["train", "--data", "x", "--vocab-size", "-3", "--out", "x"], 2, "must be at least 1"),
         (["compare", "--data", "x"], 2, "required: tokenizers"),
     ],
 )
