@@ -85,9 +85,12 @@ def token_nats_from_hidden(
 ) -> Tensor:
     """Per-token nats from final hidden states and the unembedding, never holding all logits.
 
-    Equal to :func:`token_nats` of ``hidden @ weight.T``. Uses torch's chunked
-    ``F.linear_cross_entropy`` where the installed torch has it, else computes the
-    logits ``chunk_size`` rows at a time.
+    Equal to :func:`token_nats` of ``hidden @ weight.T``. For float32 and float64 inputs
+    uses torch's chunked ``F.linear_cross_entropy`` where the installed torch has it;
+    otherwise computes the logits ``chunk_size`` rows at a time. Half-precision inputs
+    always take the chunked path: ``F.linear_cross_entropy`` computes and returns their
+    losses in that precision (bf16 nats are off by up to ~0.05), where the chunked path
+    upcasts each chunk of logits to float32 as :func:`token_nats` does.
 
     Args:
         hidden: [..., D] final hidden states (after the last norm).
@@ -106,7 +109,8 @@ def token_nats_from_hidden(
         tensor([0.5514, 1.0986])
     """
     flat_hidden, flat_target = hidden.flatten(0, -2), target.flatten()
-    if not hasattr(F, "linear_cross_entropy"):  # torch before 2.13
+    fused = hasattr(F, "linear_cross_entropy")  # torch 2.13 and later
+    if not fused or hidden.dtype not in (torch.float32, torch.float64):
         nats = _chunked_nats(
             lambda rows: F.linear(flat_hidden[rows], weight), flat_target, ignore_index, chunk_size
         )

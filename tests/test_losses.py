@@ -39,20 +39,26 @@ def test_token_nats_equals_cross_entropy(shape, vocab, dtype, chunk_size, ignore
 
 @pytest.mark.parametrize("fused", [True, False], ids=["linear_cross_entropy", "fallback"])
 @pytest.mark.parametrize(
-    ("shape", "vocab", "dim", "chunk_size"), [((4, 40), 65536, 32, 32), ((3, 11), 5000, 48, 5)]
+    ("shape", "vocab", "dim", "chunk_size", "dtype"),
+    [
+        ((4, 40), 65536, 32, 32, torch.float32),
+        ((3, 11), 5000, 48, 5, torch.float32),
+        # F.linear_cross_entropy would round bf16 nats to bf16 (errors ~0.05): not taken.
+        ((2, 30), 5000, 64, 16, torch.bfloat16),
+    ],
 )
 def test_token_nats_from_hidden_equals_cross_entropy(
-    shape, vocab, dim, chunk_size, fused, monkeypatch
+    shape, vocab, dim, chunk_size, dtype, fused, monkeypatch
 ):
     if not fused:  # the path for a torch without F.linear_cross_entropy
         monkeypatch.delattr(F, "linear_cross_entropy")
     g = torch.Generator().manual_seed(vocab)
-    hidden = torch.randn((*shape, dim), generator=g)
-    weight = torch.randn((vocab, dim), generator=g) * 0.3
+    hidden = torch.randn((*shape, dim), generator=g).to(dtype)
+    weight = (torch.randn((vocab, dim), generator=g) * 0.3).to(dtype)
     target = targets(shape, vocab, -100, g)
     got = token_nats_from_hidden(hidden, weight, target, chunk_size=chunk_size)
     want = F.cross_entropy(
-        (hidden @ weight.T).view(-1, vocab), target.view(-1), reduction="none"
+        (hidden @ weight.T).float().view(-1, vocab), target.view(-1), reduction="none"
     ).view(shape)
     assert got.dtype == torch.float32 and got.shape == target.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
