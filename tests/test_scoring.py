@@ -174,11 +174,49 @@ class Leaky(torch.nn.Module):
         return 20.0 * F.one_hot(following, self.vocab_size).float()
 
 
+class LeaksSometimes(torch.nn.Module):
+    """Causal but for one thing: position ``i`` also sees ``ids[peek(i)]``, some later token."""
+
+    def __init__(self, vocab_size: int, peek) -> None:
+        super().__init__()
+        self.vocab_size, self.peek = vocab_size, peek
+
+    def forward(self, ids):
+        seen = torch.tensor([self.peek(i) for i in range(ids.shape[1])])
+        return 20.0 * F.one_hot(ids[:, seen.clamp(max=ids.shape[1] - 1)], self.vocab_size).float()
+
+
 def test_a_model_that_sees_the_future_is_refused(byte_tokenizer, documents, context_len):
     leaky = Leaky(byte_tokenizer.vocab_size)
     checkpoint = Checkpoint(leaky, byte_tokenizer, context_len, "", "custom", "t")
     with pytest.raises(ScoringError, match="not causal"):
         score_documents(checkpoint, documents, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("peek", "context_len", "cut"),
+    [
+        (lambda i: i // 8 * 8 + 7, 16, 1),  # blocks of 8 see each other; not across their edges
+        (lambda i: i + 1 if i == 3 else i, 16, 4),  # one position sees the next
+        (lambda i: i + 1 if i == 4 else i, 16, 5),
+        (lambda i: i // 8 * 8 + 7, 256, 1),  # a long context: the probe samples its cuts
+        (lambda i: i + 1 if i == 254 else i, 256, 255),
+    ],
+)
+def test_a_model_that_sees_the_future_at_some_positions_only_is_refused(
+    byte_tokenizer, documents, peek, context_len, cut
+):
+    # Brute force: the first cut at which changing the later tokens moves an earlier logit.
+    model = LeaksSometimes(byte_tokenizer.vocab_size, peek)
+    leaks = [c for c in range(1, context_len) if any(c <= peek(i) for i in range(c))]
+    assert leaks[0] == cut
+    checkpoint = Checkpoint(model, byte_tokenizer, context_len, "", "custom", "t")
+    with pytest.raises(ScoringError, match=f"changing tokens {cut}\\.\\. changed"):
+        score_documents(checkpoint, documents, progress=False)
+    # The same model without its leak passes the probe and scores.
+    causal = LeaksSometimes(byte_tokenizer.vocab_size, lambda i: i)
+    checkpoint = Checkpoint(causal, byte_tokenizer, context_len, "", "custom", "t")
+    assert score_documents(checkpoint, documents[:1], progress=False).tokens > 0
 
 
 def test_a_model_vocabulary_smaller_than_the_tokenizer_is_refused(
