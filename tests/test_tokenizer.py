@@ -328,6 +328,39 @@ def test_nanochat_pickle_that_runs_code_is_refused(tmp_path, payload, message):
     assert not (tmp_path / "pwned").exists()
 
 
+def _byte_ranks() -> dict[bytes, int]:
+    return {bytes([b]): b for b in range(256)}
+
+
+@pytest.mark.parametrize(
+    ("ranks", "specials", "message"),
+    [
+        # tiktoken itself would give <|bos|> the bytes of "a", or panic in Rust, or overflow.
+        (_byte_ranks(), {"<|bos|>": ord("a")}, "distinct"),
+        ({**_byte_ranks(), b"ab": 7}, {"<|bos|>": 256}, "distinct"),
+        ({**_byte_ranks(), b"ab": 2**40}, {"<|bos|>": 256}, "distinct"),
+        (_byte_ranks(), {"<|bos|>": -1}, "distinct"),
+        ({b: r for b, r in _byte_ranks().items() if b != b"\xff"}, {"<|bos|>": 256}, "byte"),
+    ],
+)
+def test_nanochat_pickle_with_inconsistent_ids_is_refused(tmp_path, ranks, specials, message):
+    state = {"name": "x", "pat_str": SPLIT_PATTERN, "mergeable_ranks": ranks}
+    (tmp_path / "tokenizer.pkl").write_bytes(encoding_pickle({**state, "special_tokens": specials}))
+    with pytest.raises(TokenizerError, match=f"tokenizer.pkl is corrupt: .*{message}"):
+        load_nanochat(tmp_path)
+
+
+def test_load_refuses_a_special_id_shared_with_a_token_even_with_a_matching_hash(tok, tmp_path):
+    tok.save(tmp_path)
+    p = tmp_path / core.CONFIG_FILE
+    config = json.loads(p.read_text())
+    config["special_tokens"]["<|bos|>"] = config["bos_id"] = ord("a")  # edited by hand
+    config["hash"] = core.sha256_json({k: config[k] for k in core._IDENTITY_KEYS})
+    p.write_text(json.dumps(config))
+    with pytest.raises(TokenizerError, match=f"{core.CONFIG_FILE} is corrupt: .*distinct"):
+        Tokenizer.load(tmp_path)
+
+
 # CLI ---------------------------------------------------------------------------------------
 
 

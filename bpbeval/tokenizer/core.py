@@ -113,6 +113,33 @@ def _parse_ranks(data: bytes, path: Path) -> dict[bytes, int]:
     return ranks
 
 
+def _encoding(
+    name: str,
+    pat_str: str,
+    mergeable_ranks: dict[bytes, int],
+    special_tokens: dict[str, int],
+    *,
+    where: str,
+) -> tiktoken.Encoding:
+    """``tiktoken.Encoding(...)`` of values read from a file, checked first.
+
+    tiktoken trusts its arguments: an id shared by two tokens makes its Rust core panic (or
+    gives a special token that id's bytes), an id beyond 32 bits overflows, and a byte with
+    no token of its own panics at encode time. ``where`` names the file in the error.
+    """
+    ids = [*mergeable_ranks.values(), *special_tokens.values()]
+    if len(set(ids)) != len(ids) or not all(0 <= i < 2**31 for i in ids):
+        raise TokenizerError(f"{where} is corrupt: token ids must be distinct and in 0..2**31-1")
+    if not all(bytes([b]) in mergeable_ranks for b in range(256)):
+        raise TokenizerError(f"{where} is corrupt: not every single byte has a token")
+    try:
+        return tiktoken.Encoding(
+            name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens
+        )
+    except ValueError as e:  # the pattern does not compile
+        raise TokenizerError(f"{where} is corrupt: {e}") from None
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer run by ``tiktoken``, with exact ``token_bytes``.
 
@@ -213,7 +240,8 @@ class Tokenizer:
         with atomic_directory(directory) as tmp:
             (tmp / RANKS_FILE).write_bytes(self._ranks_file)
             np.save(tmp / TOKEN_BYTES_FILE, self._lengths, allow_pickle=False)
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n")
+            config_text = json.dumps(config, indent=1, ensure_ascii=False) + "\n"
+            (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
@@ -250,14 +278,12 @@ class Tokenizer:
         data = ranks_path.read_bytes()
         if hashlib.sha256(data).hexdigest() != identity["ranks_sha256"]:
             raise TokenizerError(f"{ranks_path} is corrupt: its SHA-256 is not the recorded one")
+        ranks = _parse_ranks(data, ranks_path)
         try:
-            encoding = tiktoken.Encoding(
-                name,
-                pat_str=identity["pattern"],
-                mergeable_ranks=_parse_ranks(data, ranks_path),
-                special_tokens=identity["special_tokens"],
+            encoding = _encoding(
+                name, identity["pattern"], ranks, identity["special_tokens"], where=str(config_path)
             )
-        except (ValueError, TypeError) as e:
+        except TypeError as e:  # a field of the wrong JSON type
             raise TokenizerError(f"{config_path} is corrupt: {e}") from None
         tokenizer = cls(encoding, bos=bos)
 

@@ -16,10 +16,8 @@ import os
 import pickle
 from pathlib import Path
 
-import tiktoken
-
 from bpbeval.errors import TokenizerError
-from bpbeval.tokenizer.core import Tokenizer
+from bpbeval.tokenizer.core import Tokenizer, _encoding
 
 PICKLE_FILE = "tokenizer.pkl"
 
@@ -78,7 +76,7 @@ def load_nanochat(directory: str | os.PathLike[str], *, bos: str = "<|bos|>") ->
             or does not hold an Encoding's fields.
 
     Example:
-        >>> import pickle, tempfile, pathlib
+        >>> import pickle, tempfile, pathlib, tiktoken
         >>> enc = tiktoken.Encoding("rustbpe", pat_str=r"\\S+|\\s+",
         ...     mergeable_ranks={bytes([b]): b for b in range(256)},
         ...     special_tokens={"<|bos|>": 256})
@@ -102,8 +100,5 @@ def load_nanochat(directory: str | os.PathLike[str], *, bos: str = "<|bos|>") ->
     if not isinstance(record, _EncodingState):
         raise TokenizerError(f"{path} holds a {type(record).__name__}, not a tiktoken Encoding")
     state = _checked_state(record.state, path)
-    try:
-        encoding = tiktoken.Encoding(**state)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise TokenizerError(f"{path}: the Encoding cannot be built ({e})") from None
+    encoding = _encoding(**state, where=str(path))  # type: ignore[arg-type]
     return Tokenizer(encoding, bos=bos)
