@@ -46,13 +46,14 @@ def run(
     """Run a command's ``main`` and exit; a user error prints one line and exits 1.
 
     ``BpbevalError`` and ``OSError`` (a missing file, a full disk) are user errors:
-    they print ``error: <message>`` to stderr, with no traceback. Anything else is
-    a bug in bpbeval and keeps its traceback.
+    they print ``error: <message>`` to stderr, with no traceback, on one line even
+    where the message quotes a multi-line one from a library. Anything else is a bug
+    in bpbeval and keeps its traceback.
     """
     try:
         code = main(argv)
     except (BpbevalError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -418,6 +418,16 @@ def test_cli_error_is_one_line():
     assert out.stderr.strip().splitlines() == ["error: /no/such/dir: no such file or directory"]
 
 
+def test_cli_error_quoting_a_multi_line_message_is_one_line(tmp_path, capsys):
+    # pickle's own message for a persistent id spans two lines.
+    (tmp_path / "tokenizer.pkl").write_bytes(b"\x80\x02X\x01\x00\x00\x00aQ.")
+    code, _, err = cli_in_process(capsys, "audit", str(tmp_path), "--data", str(tmp_path))
+    assert code == 1
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'tokenizer.pkl'} is not a readable pickle")
+    assert "persistent id instruction was encountered, but no persistent_load" in err
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
