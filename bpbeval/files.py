@@ -10,6 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    # Read by setting it: the only portable way. tempfile creates files 0600 and directories
+    # 0700; the results should be as readable as a plain open() or mkdir() would leave them.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory.
 
@@ -28,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -46,7 +55,8 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The body writes into the yielded path. If it raises, the temporary directory
     is removed and ``path`` is untouched. If it succeeds, an existing ``path`` is
-    moved aside, the new one renamed in, and the old one deleted.
+    moved aside, the new one renamed in, and the old one deleted; should the rename
+    fail, the old one is moved back.
 
     Example:
         >>> import tempfile, pathlib
@@ -61,13 +71,19 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, aside / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(aside / path.name, path)
+            os.rmdir(aside)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
