@@ -280,28 +280,31 @@ def score_documents(
     token_bytes = tokenizer.token_bytes().numpy().astype(np.int64)
     mine = distributed.shard(documents)
     results: dict[int, DocumentScore] = {}
-    todo: list[tuple[int, Document]] = []
     for index, document in mine:
         hit = cache.get(document) if cache is not None else None
-        if hit is None:
-            todo.append((index, document))
-        else:
+        if hit is not None:
             results[index] = hit
 
-    texts = [document.text for _, document in todo]
-    encoded = [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(texts)]
-    # Targets are the tokens with 0-byte ids (specials) ignored, as BitsPerByte ignores them.
-    targets = [np.where(token_bytes[ids] > 0, ids, IGNORE) for ids in encoded]
-    doc_bytes = [int(token_bytes[ids].sum()) for ids in encoded]
-    text_bytes = [len(text.encode("utf-8")) for text in texts]
+    # Cached documents are encoded too, so that the byte check (and so ``bytes_from_text``)
+    # is the same on a resumed run as on an uninterrupted one.
+    all_encoded = tokenizer.encode_batch([document.text for _, document in mine])
+    all_doc_bytes = [int(token_bytes[ids].sum()) for ids in all_encoded]
+    all_text_bytes = [len(document.text.encode("utf-8")) for _, document in mine]
     inexact = next(
         (
-            (index, document.id, doc_bytes[i], text_bytes[i])
-            for i, (index, document) in enumerate(todo)
-            if doc_bytes[i] != text_bytes[i]
+            (index, document.id, all_doc_bytes[i], all_text_bytes[i])
+            for i, (index, document) in enumerate(mine)
+            if all_doc_bytes[i] != all_text_bytes[i]
         ),
         None,
     )
+    unscored = [i for i, (index, _) in enumerate(mine) if index not in results]
+    todo = [mine[i] for i in unscored]
+    encoded = [np.asarray(all_encoded[i], dtype=np.int64) for i in unscored]
+    # Targets are the tokens with 0-byte ids (specials) ignored, as BitsPerByte ignores them.
+    targets = [np.where(token_bytes[ids] > 0, ids, IGNORE) for ids in encoded]
+    doc_bytes = [all_doc_bytes[i] for i in unscored]
+    text_bytes = [all_text_bytes[i] for i in unscored]
     found = [problem for problem in distributed.all_gather(inexact) if problem is not None]
     if found and not allow_inexact_bytes:
         _, doc_id, from_tokens, from_text = min(found)

@@ -250,6 +250,14 @@ def test_bytes_must_be_conserved_unless_allowed(byte_level, documents):
     scores = score_documents(checkpoint, documents, allow_inexact_bytes=True, progress=False)
     assert scores.bytes_from_text is True
     assert scores.bytes == sum(len(d.text.encode("utf-8")) for d in documents)
+    # A resumed run that finds the inexact documents cached reports the same, and the same sums.
+    cache = DictCache()
+    inexact = [d for d in documents if "é" in d.text]
+    score_documents(checkpoint, inexact, allow_inexact_bytes=True, cache=cache, progress=False)
+    resumed = score_documents(
+        checkpoint, documents, allow_inexact_bytes=True, cache=cache, progress=False
+    )
+    assert resumed == scores
 
 
 def test_stride_and_context_are_checked(byte_level, documents, context_len):
