@@ -94,9 +94,13 @@ def _read_parquet(
             )
     row = 0
     for group in range(pf.num_row_groups):
-        table = pf.read_row_group(group, columns=columns)
-        texts = table.column(text_column).to_pylist()
-        domains = table.column(domain_column).to_pylist() if domain_column else [None] * len(texts)
+        try:
+            table = pf.read_row_group(group, columns=columns)
+            texts = table.column(text_column).to_pylist()
+            domains = table.column(domain_column).to_pylist() if domain_column else None
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: row group {group} is corrupt ({e})") from None
+        domains = domains or [None] * len(texts)
         for text, domain in zip(texts, domains, strict=True):
             where = f"{path}: row {row}"
             if isinstance(text, bytes):
@@ -134,6 +138,13 @@ def _read_jsonl(
             if not isinstance(text, str):
                 kind = type(text).__name__
                 raise DataError(f"{where}: key {text_column!r} holds {kind}, not text")
+            try:  # a JSON escape like "\ud800" gives a lone surrogate, which has no UTF-8
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(
+                    f"{where}: key {text_column!r} holds a lone surrogate {text[e.start]!r}, "
+                    "which is not text and has no UTF-8 bytes"
+                ) from None
             domain = obj[domain_column] if domain_column else None
             yield text, None if domain is None else str(domain)
 

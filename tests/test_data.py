@@ -148,3 +148,27 @@ def test_colliding_file_names_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"both named 'same\.txt'"):
         list(read_documents([tmp_path / "x" / "same.txt", tmp_path / "y" / "same.txt"]))
     assert [d.id for d in read_documents(tmp_path)] == ["x/same.txt:0", "y/same.txt:0"]
+
+
+def test_corrupt_row_group_fails_clearly_after_the_good_ones_streamed(tmp_path):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"text": TEXTS}), path, row_group_size=10, compression="none")
+    bad = 2
+    start = pq.ParquetFile(path).metadata.row_group(bad).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start : start + 40] = b"\xab" * 40  # garbage over that group's data page header
+    path.write_bytes(bytes(data))
+    docs = read_documents(path)
+    # One row group at a time: the groups before the damaged one come out first.
+    assert [next(docs).text for _ in range(10 * bad)] == TEXTS[: 10 * bad]
+    with pytest.raises(DataError, match=rf"s.parquet: row group {bad} is corrupt"):
+        next(docs)
+
+
+def test_jsonl_lone_surrogate_is_not_text(tmp_path):
+    # Valid JSON, valid UTF-8 on disk, but "\ud800" decodes to a string with no UTF-8 bytes.
+    (tmp_path / "j.jsonl").write_text('{"text": "a"}\n{"text": "x\\ud800"}\n', "utf-8")
+    docs = read_documents(tmp_path)
+    assert next(docs).text == "a"
+    with pytest.raises(DataError, match=r"j.jsonl: line 2: key 'text' holds a lone surrogate"):
+        next(docs)
