@@ -218,6 +218,9 @@ def test_load_tokenizer_opens_every_kind(gpt2_like, tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(TokenizerError, match=r"not a Hugging Face tokenizer\.json"):
         load_tokenizer(str(tmp_path / "bad.json"))
+    (tmp_path / "hf" / "tokenizer.json").write_text("{not json")  # transformers: a ValueError
+    with pytest.raises(TokenizerError, match=r"hf is not a loadable Hugging Face tokenizer"):
+        load_tokenizer(str(tmp_path / "hf"))
 
 
 def test_unigram_with_unknown_token():

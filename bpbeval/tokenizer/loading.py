@@ -53,9 +53,13 @@ def load_tokenizer(spec: str) -> TextTokenizer:
         except ImportError:
             path = path / _HF_FILE
         else:
-            return from_huggingface(
-                transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-            )
+            try:
+                hf = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except Exception as e:  # transformers fails on bad files with many exception types
+                raise TokenizerError(
+                    f"{path} is not a loadable Hugging Face tokenizer ({type(e).__name__}: {e})"
+                ) from None
+            return from_huggingface(hf)
     if path.is_file() and path.suffix == ".json":
         import tokenizers
 
