@@ -6,9 +6,15 @@ Text comes from what ships with Python (``pydoc_data.topics``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pydoc_data.topics
-from collections.abc import Callable
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +127,58 @@ def documents_jsonl(tmp_path_factory: pytest.TempPathFactory, documents: list[Do
     lines = (json.dumps({"text": d.text, "domain": d.domain}) for d in documents)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+class Spawner:
+    """``subprocess.Popen`` for processes that cannot outlive :meth:`close`.
+
+    Each one starts a session of its own with a marker in its environment;
+    ``close`` kills its session and every process still carrying its marker:
+    ``torchrun`` starts each rank in a session of its own, and a rank whose
+    launcher died would keep running otherwise.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[tuple[subprocess.Popen, bytes]] = []
+
+    def __call__(self, argv: list[str], *, env: dict[str, str] | None = None, **kwargs):
+        token = uuid.uuid4().hex
+        env = {**(os.environ if env is None else env), "BPBEVAL_TEST_PROCESS": token}
+        proc = subprocess.Popen(argv, env=env, start_new_session=True, **kwargs)
+        self.started.append((proc, f"BPBEVAL_TEST_PROCESS={token}\0".encode()))
+        return proc
+
+    def close(self) -> None:
+        for proc, marker in self.started:
+            if proc.poll() is None:  # its pid still names its session: this kills nothing else
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            for pid in _marked(marker):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawner]:
+    """A :class:`Spawner` closed on teardown, however the test ends (pass, assert, timeout)."""
+    spawner = Spawner()
+    try:
+        yield spawner
+    finally:
+        spawner.close()
+
+
+def _marked(marker: bytes) -> list[int]:
+    """Processes whose environment holds ``marker`` (``NAME=value\\0``)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue  # not ours, or exited meanwhile
+    return found

@@ -80,10 +80,10 @@ def _cli(argv) -> tuple[int, str, str]:
     return exit_info.value.code, out.getvalue(), err.getvalue()
 
 
-def _subprocess(argv: list[str], *, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+def _subprocess(spawn, argv: list[str], *, launcher: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", *launcher, "bpbeval.compare", *argv]
-    return subprocess.Popen(
+    return spawn(
         command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
@@ -174,11 +174,11 @@ def test_a_model_against_itself_gives_zero(tmp_path, corpus, checkpoints):
     assert "no significant difference" in out
 
 
-def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference):
+def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference, spawn):
     out_json, cache = tmp_path / "ws2.json", tmp_path / "cache"
     torchrun = ("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
     argv = _args(corpus, *checkpoints, "--json", str(out_json), "--cache", str(cache))
-    proc = _subprocess(argv, launcher=torchrun)
+    proc = _subprocess(spawn, argv, launcher=torchrun)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert out.count("A is better by") == 1  # only rank 0 prints
@@ -190,10 +190,10 @@ def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference
         assert [f.read_bytes().count(b"\n") for f in files] == [N_DOCS // 2, N_DOCS // 2]
 
 
-def test_a_killed_run_resumes_to_identical_json(tmp_path, corpus, checkpoints, reference):
+def test_a_killed_run_resumes_to_identical_json(tmp_path, corpus, checkpoints, reference, spawn):
     cache, out_json = tmp_path / "cache", tmp_path / "resumed.json"
     argv = _args(corpus, *checkpoints, "--json", str(out_json), "--cache", str(cache))
-    proc = _subprocess([*argv, "--batch-size", "1"])  # slower, so that the kill lands midway
+    proc = _subprocess(spawn, [*argv, "--batch-size", "1"])  # slower, so that the kill lands midway
 
     def cached() -> int:
         return sum(f.read_bytes().count(b"\n") for f in cache.rglob("*.jsonl"))

@@ -99,13 +99,14 @@ def test_each_user_error_is_one_line_and_writes_nothing(bad_inputs, tmp_path, ca
         assert not out.exists()
 
 
-def test_the_command_line_exits_without_traceback(tmp_path):
+def test_the_command_line_exits_without_traceback(tmp_path, spawn):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "bpbeval.eval", str(tmp_path / "nope"), "--data", str(tmp_path)]
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.startswith("error: checkpoint") and result.stderr.count("\n") == 1
+    proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert stdout == ""
+    assert stderr.startswith("error: checkpoint") and stderr.count("\n") == 1
 
 
 NFKC_LOADER = """

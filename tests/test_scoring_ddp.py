@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path):
+def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path, spawn):
     checkpoint_path = str(native_checkpoint[0])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launches = {}
@@ -29,7 +30,7 @@ def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path):
             "--data", str(documents_jsonl), "--device", "cpu", "--batch-size", str(world),
             "--json", str(tmp_path / f"world{world}.json"),
         ]  # fmt: skip
-        launches[world] = subprocess.Popen(
+        launches[world] = spawn(
             argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
     outputs = {world: process.communicate(timeout=300) for world, process in launches.items()}
@@ -44,3 +45,37 @@ def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path):
         # Every document once: the byte total is the corpus's own, no more, no less.
         assert result["bytes"] == sum(len(d.text.encode()) for d in documents)
         assert (result["documents"], result["tokens"]) == (len(documents), reference.tokens)
+
+
+LAUNCHER = """
+import subprocess, sys, time
+# Like torchrun: the worker gets a session of its own, out of reach of a kill of ours.
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                          start_new_session=True)
+print(worker.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for its (new) parent to reap it
+
+
+@pytest.mark.parametrize("launcher_dies_first", [False, True])
+def test_spawned_processes_and_their_own_sessions_die_with_the_test(spawn, launcher_dies_first):
+    launcher = spawn([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
+    worker = int(launcher.stdout.readline())
+    assert os.getsid(worker) == worker != os.getsid(launcher.pid)  # beyond a killpg of ours
+    if launcher_dies_first:  # as when a test SIGKILLs torchrun: the worker is orphaned
+        launcher.kill()
+        launcher.wait()
+    assert _alive(worker)
+    spawn.close()  # what the fixture's teardown does
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(worker) and not _alive(launcher.pid)
