@@ -231,6 +231,21 @@ def test_save_is_atomic_under_a_failure(tok, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["tok"]  # no new one, no temporary left over
 
 
+def test_save_refuses_to_replace_what_is_not_a_tokenizer(tok, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.txt").write_text("precious")
+    (tmp_path / "file").write_text("precious")
+    for target in (tmp_path / "data", tmp_path / "file"):
+        with pytest.raises(TokenizerError, match="exists and holds more than a saved tokenizer"):
+            tok.save(target)
+    assert (tmp_path / "data" / "corpus.txt").read_text() == (tmp_path / "file").read_text()
+    (tmp_path / "empty").mkdir()
+    tok.save(tmp_path / "empty")
+    (tmp_path / "empty" / core.CONFIG_FILE).unlink()  # damaged: still ours to replace
+    tok.save(tmp_path / "empty")
+    assert Tokenizer.load(tmp_path / "empty").hash == tok.hash
+
+
 def test_audit_of_our_tokenizer(tok, texts):
     report = audit(tok, texts)
     assert report.ok and not report.violations

@@ -230,7 +230,20 @@ class Tokenizer:
         return sha256_json(self._identity)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write the tokenizer to ``directory`` atomically, replacing what was there."""
+        """Write the tokenizer to ``directory`` atomically, replacing a tokenizer saved there.
+
+        Raises:
+            TokenizerError: ``directory`` holds something else (the swap would delete it).
+        """
+        directory = Path(directory)
+        ours = {CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE}  # a saved (maybe damaged) tokenizer
+        if directory.exists() and (
+            not directory.is_dir() or any(p.name not in ours for p in directory.iterdir())
+        ):
+            raise TokenizerError(
+                f"{directory} exists and holds more than a saved tokenizer; saving would replace "
+                "it whole, so choose another directory or remove it first"
+            )
         config = {
             "format_version": FORMAT_VERSION,
             "name": self.encoding.name,
