@@ -267,7 +267,9 @@ def _load_huggingface(
     if context_len is None:
         raise CheckpointError(f"{path}/config.json gives no max_position_embeddings or n_positions")
     tokenizer = from_huggingface(hf_tokenizer)
-    config = model.config.to_json_string()
+    # With remote code the directory's own modules define the model: they are part of it.
+    code = [f"{f.name}\0{f.read_text(encoding='utf-8')}" for f in sorted(path.glob("*.py"))]
+    config = "\0".join([model.config.to_json_string(), *code])
     identity = _identity("huggingface", config, model.state_dict(), tokenizer.hash)
 
     def logits(ids: Tensor) -> Tensor:

@@ -130,6 +130,44 @@ def test_huggingface_directory_loads_offline_with_eos_as_prefix(hf_checkpoint, c
     assert load(str(path)).identity == checkpoint.identity
 
 
+REMOTE_CODE = """
+from pathlib import Path
+Path(__file__).with_name("ran").write_text("imported")  # the mark of code that ran
+from transformers import GPT2Config, GPT2LMHeadModel
+
+class RemoteConfig(GPT2Config):
+    model_type = "remote_gpt2"
+
+class RemoteModel(GPT2LMHeadModel):
+    config_class = RemoteConfig
+"""
+
+
+def test_huggingface_remote_code_runs_only_on_request_and_is_part_of_the_identity(
+    hf_checkpoint, tmp_path
+):
+    path, _ = hf_checkpoint
+    remote = tmp_path / "remote"
+    shutil.copytree(path, remote)
+    (remote / "remote_gpt2.py").write_text(REMOTE_CODE)
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "remote_gpt2.RemoteConfig",
+        "AutoModelForCausalLM": "remote_gpt2.RemoteModel",
+    }
+    config["model_type"] = "remote_gpt2"
+    (remote / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="trust_remote_code"):
+        load(str(remote))
+    assert not (remote / "ran").exists()
+    # A Python file beside the weights changes the identity, as a changed program would.
+    extra = tmp_path / "extra"
+    shutil.copytree(path, extra)
+    (extra / "remote_gpt2.py").write_text(REMOTE_CODE)
+    assert load(str(extra)).identity != load(str(path)).identity
+    assert not (extra / "ran").exists()
+
+
 LOADER = """
 from bpbeval.gpt import GPT, GPTConfig
 from bpbeval.tokenizer import train
