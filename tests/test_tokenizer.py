@@ -427,6 +427,17 @@ def test_cli_end_to_end(tmp_path, texts, capsys):
     assert lines[3].split()[3] == "1.000"
 
 
+def test_cli_trains_on_a_single_text_file_with_nothing_held_out(tmp_path, capsys):
+    (tmp_path / "book.txt").write_text(MULTILINGUAL, "utf-8")
+    code, out, err = cli_in_process(
+        capsys, "train", "--data", str(tmp_path / "book.txt"), "--vocab-size", "300",
+        "--out", str(tmp_path / "tok"), "--heldout-docs", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert Tokenizer.load(tmp_path / "tok").hash == train([MULTILINGUAL], 300).hash
+    assert "held-out" not in out
+
+
 def test_cli_error_is_one_line():
     out = cli("train", "--data", "/no/such/dir", "--vocab-size", "300", "--out", "x")
     assert out.returncode == 1

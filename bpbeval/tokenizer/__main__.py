@@ -17,7 +17,7 @@ from itertools import chain, islice
 
 from tqdm import tqdm
 
-from bpbeval.cli import ArgumentParser, positive_int, run
+from bpbeval.cli import ArgumentParser, int_at_least, positive_int, run
 from bpbeval.data import cap_texts, read_documents
 from bpbeval.errors import DataError
 from bpbeval.tokenizer.audit import AuditReport, audit
@@ -43,7 +43,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--doc-cap", type=positive_int, help="cut each document to this many characters")
     p.add_argument(
         "--heldout-docs",
-        type=positive_int,
+        type=int_at_least(0),
         default=64,
         help="the first N documents are not trained on; compression is measured on them",
     )
