@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metric.py
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs
