@@ -24,6 +24,10 @@ class GPTConfig:
     n_head: int = 2
     n_embd: int = 64
 
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:

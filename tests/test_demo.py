@@ -15,8 +15,11 @@ import torch.nn.functional as F
 
 from bpbeval.checkpoint import load
 from bpbeval.demo import corpus
+from bpbeval.demo.__main__ import main as demo_main
 from bpbeval.demo.pipeline import Settings, matched_config, run
-from bpbeval.demo.train import evaluate_bpb, token_stream
+from bpbeval.demo.train import TrainConfig, evaluate_bpb, token_stream
+from bpbeval.demo.train import train as train_gpt
+from bpbeval.errors import DataError
 from bpbeval.gpt import GPT, GPTConfig
 from bpbeval.tokenizer import Tokenizer, train
 
@@ -174,3 +177,42 @@ def test_evaluate_bpb_scores_every_byte_once_whatever_the_batch():
         assert result.bits_per_byte.item() == pytest.approx(
             nats / math.log(2) / total_bytes, rel=1e-5
         )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--steps", "0"),
+        ("--context-len", "1"),
+        ("--n-embd", "50"),
+    ],
+)
+def test_cli_refuses_bad_settings_in_one_line(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo_main(["--out", str(tmp_path / "runs"), flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was built
+
+
+def test_corpus_without_training_text_is_a_data_error(tmp_path):
+    shortest = min(len(doc) for _, text in corpus.sources() for doc in corpus.split_text(text, 400))
+    with pytest.raises(DataError, match="raise train_chars"):
+        corpus.build(tmp_path / "data", train_chars=shortest - 1, val_docs=1, doc_chars=400)
+    assert not (tmp_path / "data").exists()
+
+
+def test_training_stream_shorter_than_the_context_is_a_data_error():
+    model = GPT(GPTConfig(vocab_size=260, context_len=8, n_layer=1, n_embd=16))
+    stream = torch.arange(8)  # 8 tokens: not one window of 8 inputs and 8 targets
+    with pytest.raises(DataError, match="shorter context"):
+        train_gpt(model, stream, stream, torch.ones(260), TrainConfig(steps=1), log=print)
+
+
+def test_gpt_config_refuses_a_width_its_heads_do_not_divide():
+    assert GPTConfig(vocab_size=10, n_head=4, n_embd=64).n_embd // 4 == 16
+    with pytest.raises(ValueError, match="multiple of n_head=3"):
+        GPTConfig(vocab_size=10, n_head=3, n_embd=64)

@@ -8,11 +8,12 @@ and compares them with ``bpbeval.compare``. A second run reuses what the first b
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 
 from bpbeval.cli import ArgumentParser, run
-from bpbeval.demo.pipeline import Settings
+from bpbeval.demo.pipeline import HEAD_DIM, Settings
 from bpbeval.demo.pipeline import run as run_demo
 
 
@@ -29,8 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     for f in dataclasses.fields(Settings):
-        if f.name != "seed" and getattr(settings, f.name) <= 0:
-            parser.error(f"--{f.name.replace('_', '-')} must be positive")
+        if f.name != "seed" and not 0 < getattr(settings, f.name) < math.inf:  # NaN fails too
+            parser.error(f"--{f.name.replace('_', '-')} must be positive and finite")
+    if settings.context_len < 2:
+        parser.error("--context-len must be at least 2 (the prefix token and one to predict)")
+    if settings.n_embd % HEAD_DIM and settings.n_embd > HEAD_DIM:
+        parser.error(f"--n-embd must be a multiple of {HEAD_DIM} (the head size), or less")
     run_demo(args.out, settings)
     return 0
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bpbeval.errors import DataError
 from bpbeval.files import atomic_directory
 
 ROW_GROUP_SIZE = 1024  # nanochat's: a power of two, so row groups split evenly across ranks
@@ -124,6 +125,9 @@ def build(
         shard_chars: characters per train shard, at most.
         seed: the shuffle's seed.
 
+    Raises:
+        DataError: no training document is left within ``train_chars``.
+
     Example:
         >>> import tempfile
         >>> s = build(Path(tempfile.mkdtemp()) / "data", train_chars=20_000, val_docs=3)
@@ -156,6 +160,11 @@ def build(
         shards[-1].append((domain, text))
         total += len(text)
         shard_total += len(text)
+    if not shards[0]:
+        raise DataError(
+            f"no training document fits in train_chars={train_chars} after {val_docs} val "
+            f"documents per domain: raise train_chars or lower val_docs"
+        )
     shards.append(val)
 
     with atomic_directory(directory) as tmp:

@@ -32,6 +32,7 @@ from bpbeval.tokenizer import train as train_tokenizer
 from bpbeval.tokenizer.core import sha256_json
 
 Log = Callable[[str], None]
+HEAD_DIM = 16  # the BPE model has n_embd // HEAD_DIM heads (one if narrower)
 
 
 def _option(default: Any, help: str) -> Any:
@@ -198,7 +199,7 @@ def run(
         vocab_size=s.vocab_size,
         context_len=s.context_len,
         n_layer=s.n_layer,
-        n_head=max(1, s.n_embd // 16),
+        n_head=max(1, s.n_embd // HEAD_DIM),
         n_embd=s.n_embd,
     )
     configs = {

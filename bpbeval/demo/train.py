@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bpbeval import BitsPerByte
+from bpbeval.errors import DataError
 from bpbeval.gpt import GPT
 from bpbeval.metric import BitsPerByteResult
 from bpbeval.tokenizer import Tokenizer
@@ -108,6 +109,9 @@ def train(
     the steps since the last entry; None at step 0), ``val_bpb``, ``val_bits_per_token``
     and ``tokens`` (training tokens seen so far).
 
+    Raises:
+        DataError: the training stream is not longer than the model's context.
+
     Example:
         >>> from bpbeval.gpt import GPTConfig
         >>> _ = torch.manual_seed(0)
@@ -121,8 +125,9 @@ def train(
     """
     T, B = model.config.context_len, config.batch_size
     if len(train_stream) <= T:
-        raise ValueError(
-            f"the training stream ({len(train_stream)} tokens) is not longer than the context ({T})"
+        raise DataError(
+            f"the training stream ({len(train_stream)} tokens) is not longer than the context "
+            f"({T}); train on more text or use a shorter context"
         )
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(
