@@ -301,10 +301,12 @@ def _load_custom(
             "return (model, tokenizer, context_len)"
         )
     state: dict[str, Tensor] = {}
+    kind_code = f"{type(model).__module__}.{type(model).__qualname__}"
     if isinstance(model, nn.Module):
         model = model.to(device=device, dtype=dtype).eval()
         state = model.state_dict()
-    kind_code = f"{type(model).__module__}.{type(model).__qualname__}"
+    else:  # a plain callable has no weights to hash: the loader and its argument name the model
+        kind_code += f"\0{loader}\0{spec}"
     identity = _identity("custom", kind_code, state, tokenizer.hash)
     return Checkpoint(model, tokenizer, int(context_len), identity, "custom", spec)
 

@@ -176,6 +176,10 @@ def load_tiny(spec):
     import torch
     torch.manual_seed(int(spec))
     return GPT(GPTConfig(265, context_len=12, n_layer=1, n_embd=16)), train([], vocab_size=265)
+
+def load_function(spec):
+    model, tokenizer = load_tiny(spec)
+    return (lambda ids: model(ids)), tokenizer, 12
 """
 
 
@@ -187,5 +191,10 @@ def test_custom_loader(tmp_path, monkeypatch):
     assert checkpoint.model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 265)
     assert load("3", loader="tiny_loader:load_tiny").identity == checkpoint.identity
     assert load("4", loader="tiny_loader:load_tiny").identity != checkpoint.identity
+    # A plain function hides its weights: other arguments must not share its identity (nor cache).
+    function = load("3", loader="tiny_loader:load_function")
+    assert function.model(torch.ones(1, 4, dtype=torch.long)).shape == (1, 4, 265)
+    assert load("3", loader="tiny_loader:load_function").identity == function.identity
+    assert load("4", loader="tiny_loader:load_function").identity != function.identity
     with pytest.raises(CheckpointError, match="cannot import loader"):
         load("3", loader="tiny_loader:missing")
