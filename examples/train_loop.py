@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from bpbeval import BitsPerByte
 from bpbeval.demo.train import evaluate_bpb, token_stream
+from bpbeval.files import atomic_write_text
 from bpbeval.gpt import GPT, GPTConfig
 from bpbeval.tokenizer import train
 
@@ -91,8 +92,8 @@ def main() -> None:
                 f" | {time.perf_counter() - start:.0f}s"
             )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"vocab_size": tokenizer.vocab_size, "history": history}, f, indent=1)
+        result = {"vocab_size": tokenizer.vocab_size, "history": history}
+        atomic_write_text(args.json, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
