@@ -9,7 +9,7 @@ Prints, from one run on the same inputs:
 
 ``benchmarks/gpu_check.py`` repeats both on a CUDA device with these functions.
 
-    python benchmarks/bench_metric.py [--repeats 20] [--tokens 16384]
+    python benchmarks/bench_metric.py [--repeats 20] [--tokens 16384] [--threads 1]
 """
 
 from __future__ import annotations
