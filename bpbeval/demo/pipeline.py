@@ -48,7 +48,7 @@ class Settings:
     doc_chars: int = _option(800, "target characters per document")
     vocab_size: int = _option(4096, "vocabulary of the BPE tokenizer (the other is byte-level)")
     context_len: int = _option(256, "tokens per training window, for both models")
-    n_embd: int = _option(64, "width of the BPE model; the byte-level width is matched")
+    n_embd: int = _option(64, "width of the BPE model, in heads of 16; byte-level is matched")
     n_layer: int = _option(2, "depth of both models")
     steps: int = _option(200, "training steps of each model")
     batch_size: int = _option(8, "training windows per step")
