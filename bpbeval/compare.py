@@ -37,7 +37,7 @@ from bpbeval.eval import (
     score,
     summary,
 )
-from bpbeval.files import atomic_write_bytes, atomic_write_text
+from bpbeval.files import atomic_write_bytes
 from bpbeval.scoring import Scores
 from bpbeval.statistics import (
     CONFIDENCE,
@@ -177,13 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         documents, scores["A"], scores["B"], bootstrap=args.bootstrap, seed=args.seed
     )
     print(report(comparison, models, scores))
+    # Every output is rendered before any is written: a failure leaves none behind.
+    outputs: dict[str, bytes] = {}
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in _OUTPUT_FLAGS}
-        atomic_write_text(args.json, to_json(comparison, models, scores, settings))
+        outputs[args.json] = to_json(comparison, models, scores, settings).encode("utf-8")
     if args.per_doc:
-        atomic_write_bytes(args.per_doc, per_document_parquet(scores["A"], scores["B"]))
+        outputs[args.per_doc] = per_document_parquet(scores["A"], scores["B"])
     if args.plot:
-        atomic_write_bytes(args.plot, plot_png(scores["A"], scores["B"]))
+        outputs[args.plot] = plot_png(scores["A"], scores["B"])
+    for path, data in outputs.items():
+        atomic_write_bytes(path, data)
     return 0
 
 
