@@ -24,6 +24,7 @@ import rustbpe
 import tiktoken
 import torch
 
+from bpbeval.cli import positive_int
 from bpbeval.demo.corpus import sources, split_text
 from bpbeval.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, audit, load_nanochat
 
@@ -53,8 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nanochat-dir", type=Path, help="a nanochat tokenizer directory")
     parser.add_argument("--out", type=Path, required=True, help="where to save bpbeval's")
-    parser.add_argument("--vocab-size", type=int, default=2048, help="when making one")
-    parser.add_argument("--docs", type=int, default=2000, help="documents to train/audit on")
+    parser.add_argument("--vocab-size", type=positive_int, default=2048, help="when making one")
+    parser.add_argument("--docs", type=positive_int, default=2000, help="documents to train/audit on")
     args = parser.parse_args()
 
     docs = [doc for _, text in sources() for doc in split_text(text, 800)]
