@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--nanochat-dir", type=Path, help="a nanochat tokenizer directory")
     parser.add_argument("--out", type=Path, required=True, help="where to save bpbeval's")
     parser.add_argument("--vocab-size", type=positive_int, default=2048, help="when making one")
-    parser.add_argument("--docs", type=positive_int, default=2000, help="documents to train/audit on")
+    parser.add_argument(
+        "--docs", type=positive_int, default=2000, help="documents to train/audit on"
+    )
     args = parser.parse_args()
 
     docs = [doc for _, text in sources() for doc in split_text(text, 800)]
