@@ -409,7 +409,7 @@ def _score(
         total=sum(int((ids >= 0).sum()) for ids in targets),
         unit="tok",
         unit_scale=True,
-        disable=not show,
+        disable=not show or not targets,  # nothing to score: every document came from a cache
         desc="scoring",
         dynamic_ncols=True,
     )
