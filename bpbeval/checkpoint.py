@@ -117,7 +117,7 @@ def save(
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch, 1: time},))
     if example.device.type != "cpu":  # saved on the CPU, so that any machine can load it
         program = torch.export.passes.move_to_device_pass(program, "cpu")
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, owns=(META_FILE, PROGRAM_FILE, TOKENIZER_DIR)) as tmp:
         torch.export.save(program, tmp / PROGRAM_FILE)
         tokenizer.save(tmp / TOKENIZER_DIR)
         meta = {

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 
@@ -50,23 +51,34 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], *, owns: Collection[str]) -> Iterator[Path]:
     """Build a directory in a temporary sibling and swap it into place only on success.
 
     The body writes into the yielded path. If it raises, the temporary directory
     is removed and ``path`` is untouched. If it succeeds, an existing ``path`` is
     moved aside, the new one renamed in, and the old one deleted; should the rename
-    fail, the old one is moved back.
+    fail, the old one is moved back. An existing ``path`` is replaced only if every
+    entry in it matches one of ``owns``, the glob patterns of what its writer writes:
+    pointed at a data directory by mistake, the swap would delete it whole.
+
+    Args:
+        path: the directory to create or replace.
+        owns: glob patterns of the entry names this kind of directory holds.
+
+    Raises:
+        FileExistsError: ``path`` is a file, or holds an entry ``owns`` does not match
+            (checked before the body runs; nothing is written).
 
     Example:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "out"
-        >>> with atomic_directory(target) as tmp:
+        >>> with atomic_directory(target, owns=["*.txt"]) as tmp:
         ...     _ = (tmp / "a.txt").write_text("hi")
         >>> (target / "a.txt").read_text()
         'hi'
     """
     path = Path(path)
+    _check_replaceable(path, owns)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -87,3 +99,20 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(path: Path, owns: Collection[str]) -> None:
+    if not path.exists():
+        return
+    if not path.is_dir():
+        strangers = [path.name]
+    else:
+        strangers = sorted(
+            p.name for p in path.iterdir() if not any(fnmatch.fnmatchcase(p.name, g) for g in owns)
+        )
+    if strangers:
+        what = "is a file" if not path.is_dir() else f"holds {strangers[0]!r}"
+        raise FileExistsError(
+            f"{path} exists and {what}, which writing here would delete; "
+            "choose another directory or remove it first"
+        )

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from bpbeval.checkpoint import META_FILE, PROGRAM_FILE, load
+from bpbeval.checkpoint import META_FILE, PROGRAM_FILE, load, save
 from bpbeval.errors import CheckpointError
 
 
@@ -198,3 +198,21 @@ def test_custom_loader(tmp_path, monkeypatch):
     assert load("4", loader="tiny_loader:load_function").identity != function.identity
     with pytest.raises(CheckpointError, match="cannot import loader"):
         load("3", loader="tiny_loader:missing")
+
+
+def test_save_refuses_to_replace_a_directory_of_other_files(tmp_path, bpe_tokenizer, make_gpt):
+    # The atomic swap replaces the directory whole: pointed at data, it must refuse, not delete.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.txt").write_text("precious")
+    model = make_gpt(bpe_tokenizer.vocab_size)
+    with pytest.raises(FileExistsError, match=r"holds 'corpus\.txt'"):
+        save(data, model, bpe_tokenizer, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary left over
+    assert (data / "corpus.txt").read_text() == "precious"
+    save(tmp_path / "ckpt", model, bpe_tokenizer, 16)
+    other = make_gpt(bpe_tokenizer.vocab_size, seed=1)
+    save(tmp_path / "ckpt", other, bpe_tokenizer, 16)  # a checkpoint replaces a checkpoint
+    ids = torch.arange(10).view(1, 10) % bpe_tokenizer.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(load(tmp_path / "ckpt").model(ids), other(ids))

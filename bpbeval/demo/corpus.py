@@ -167,7 +167,7 @@ def build(
         )
     shards.append(val)
 
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, owns=["shard_*.parquet"]) as tmp:
         for i, docs in enumerate(shards):
             _write_shard(tmp / f"shard_{i:05d}.parquet", docs)
     return splits(directory)

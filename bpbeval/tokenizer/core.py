@@ -233,24 +233,15 @@ class Tokenizer:
         """Write the tokenizer to ``directory`` atomically, replacing a tokenizer saved there.
 
         Raises:
-            TokenizerError: ``directory`` holds something else (the swap would delete it).
+            FileExistsError: ``directory`` holds something else (the swap would delete it).
         """
-        directory = Path(directory)
-        ours = {CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE}  # a saved (maybe damaged) tokenizer
-        if directory.exists() and (
-            not directory.is_dir() or any(p.name not in ours for p in directory.iterdir())
-        ):
-            raise TokenizerError(
-                f"{directory} exists and holds more than a saved tokenizer; saving would replace "
-                "it whole, so choose another directory or remove it first"
-            )
         config = {
             "format_version": FORMAT_VERSION,
             "name": self.encoding.name,
             **self._identity,
             "hash": self.hash,
         }
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, owns=(CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE)) as tmp:
             (tmp / RANKS_FILE).write_bytes(self._ranks_file)
             np.save(tmp / TOKEN_BYTES_FILE, self._lengths, allow_pickle=False)
             config_text = json.dumps(config, indent=1, ensure_ascii=False) + "\n"
