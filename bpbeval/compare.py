@@ -87,7 +87,7 @@ def compare_scores(
         ...     per_doc = [DocumentScore(d.id, None, n, len(d.text), 2) for d, n in zip(docs, nats)]
         ...     return Scores(per_doc, sum(nats), 6, 4, False)
         >>> compare_scores(docs, scores(2.0, 1.0), scores(2.0, 1.0)).overall.verdict
-        'no significant difference: A − B = 0.0000 bpb (95% CI 0.0000 to 0.0000)'
+        'no verdict, too few documents for a 95% interval (2; at least 41): A − B = 0.0000 bpb'
     """
     _check_same_bytes(documents, a, b)
     domains = [s.domain for s in a.documents]
@@ -238,7 +238,7 @@ def _model_figures(figures: ModelFigures, documents: int) -> dict[str, object]:
 def _paired(figures: PairedFigures) -> dict[str, object]:
     return {
         "delta_bpb": figures.delta,
-        "ci": list(figures.ci),
+        "ci": None if figures.ci is None else list(figures.ci),
         "a_wins": figures.a_wins,
         "ties": figures.ties,
         "correlation": figures.correlation,
@@ -339,10 +339,11 @@ def report(
         [label, *(fmt.format(figures[m][key]) for m in MODELS)] for label, key, fmt in _MODEL_ROWS
     ]
     overall = comparison.overall
+    resampled = f"{overall.replicates} replicates of {overall.documents} documents"
     paired = [
         ("Δbpb (A − B)", f"{overall.delta:+.6f}"),
-        (f"{CONFIDENCE:.0%} CI", f"[{overall.ci[0]:+.6f}, {overall.ci[1]:+.6f}]"),
-        ("bootstrap", f"{overall.replicates} replicates of {overall.documents} documents"),
+        (f"{CONFIDENCE:.0%} CI", _interval(overall, 6) or f"none, {overall.too_few}"),
+        ("bootstrap", resampled if overall.ci else "not run"),
         ("A wins", f"{overall.a_wins:.1%} of documents ({overall.ties:.1%} ties)"),
         ("correlation", _correlation(overall.correlation)),
     ]
@@ -362,7 +363,7 @@ def report(
                 f"{f.a.bits_per_byte:.4f}",
                 f"{f.b.bits_per_byte:.4f}",
                 f"{f.delta:+.4f}",
-                f"[{f.ci[0]:+.4f}, {f.ci[1]:+.4f}]",
+                _interval(f, 4) or "too few",
                 f"{f.a_wins:.1%}",
                 _correlation(f.correlation),
             ]
@@ -380,6 +381,13 @@ _MODEL_ROWS = (
     ("documents", "documents", "{:,}"),
     ("bytes", "bytes", "{:,}"),
 )
+
+
+def _interval(figures: PairedFigures, digits: int) -> str | None:
+    if figures.ci is None:
+        return None
+    lo, hi = figures.ci
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def _correlation(r: float | None) -> str:

@@ -20,6 +20,16 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 CONFIDENCE = 0.95
+# An interval called 95% should cover 95% to within a percentage point. At the edges it cannot,
+# so below either minimum there is no interval (and no verdict of significance):
+# - documents: a percentile bootstrap is too narrow in small samples (plug-in variance with
+#   divisor n, normal tails instead of Student's). Even for normal per-document differences its
+#   coverage is P(|t[n-1]| <= 1.96 * sqrt((n-1)/n)): 85% at 5 documents, 90% at 10, 94% first
+#   at 41 (skewed data need more; this is the floor). One document gives a zero-width interval.
+# - replicates: the ends are sample quantiles of R replicates, and the share of the bootstrap
+#   distribution they leave out has a Monte Carlo sd of sqrt(0.05 * 0.95 / R): one point at 475.
+MIN_DOCUMENTS = 41
+MIN_REPLICATES = 475
 # Index-matrix elements per bootstrap block: a few MB whatever the corpus size, and small
 # enough for the gathers to stay in cache (faster than bigger blocks; see benchmarks/).
 _BLOCK_ELEMENTS = 1 << 17
@@ -54,7 +64,8 @@ class PairedFigures:
         documents: documents compared (those with at least one byte).
         a, b: each model's pooled totals.
         delta: pooled bpb of A minus pooled bpb of B; negative means A is better.
-        ci: the ``CONFIDENCE`` paired-bootstrap interval of ``delta``.
+        ci: the ``CONFIDENCE`` paired-bootstrap interval of ``delta``; ``None`` below
+            ``MIN_DOCUMENTS`` documents or ``MIN_REPLICATES`` replicates (see :func:`too_few`).
         a_wins: share of documents on which A has strictly fewer nats (lower bpb) than B.
         ties: share of documents on which both have exactly the same nats.
         correlation: Pearson correlation of per-document bpb; ``None`` when undefined
@@ -66,16 +77,44 @@ class PairedFigures:
     a: ModelFigures
     b: ModelFigures
     delta: float
-    ci: tuple[float, float]
+    ci: tuple[float, float] | None
     a_wins: float
     ties: float
     correlation: float | None
     replicates: int
 
     @property
+    def too_few(self) -> str | None:
+        """Why there is no interval (too few documents or replicates); ``None`` if there is one."""
+        return too_few(self.documents, self.replicates)
+
+    @property
     def verdict(self) -> str:
         """One line: which model is better, by how much and how sure, or that neither is."""
+        if self.ci is None:
+            return f"no verdict, {self.too_few}: A − B = {self.delta:.4f} bpb"
         return verdict(self.delta, self.ci)
+
+
+def too_few(documents: int, replicates: int) -> str | None:
+    """Why ``documents`` and ``replicates`` are too few for an interval, or ``None``.
+
+    Example:
+        >>> too_few(1, 1000)
+        'too few documents for a 95% interval (1; at least 41)'
+        >>> too_few(1000, 1)
+        'too few bootstrap replicates for a 95% interval (1; at least 475)'
+        >>> too_few(MIN_DOCUMENTS, MIN_REPLICATES) is None
+        True
+    """
+    level = f"{CONFIDENCE:.0%} interval"
+    if documents < MIN_DOCUMENTS:
+        return f"too few documents for a {level} ({documents}; at least {MIN_DOCUMENTS})"
+    if replicates < MIN_REPLICATES:
+        return (
+            f"too few bootstrap replicates for a {level} ({replicates}; at least {MIN_REPLICATES})"
+        )
+    return None
 
 
 def verdict(delta: float, ci: tuple[float, float]) -> str:
@@ -152,7 +191,9 @@ def paired_figures(
 ) -> PairedFigures:
     """Every paired figure for two models' per-document results on the same documents.
 
-    Documents with no bytes carry no evidence about either model and are left out.
+    Documents with no bytes carry no evidence about either model and are left out. Below
+    ``MIN_DOCUMENTS`` documents or ``MIN_REPLICATES`` replicates there is no interval
+    (``ci`` is ``None``) and the verdict says why instead of judging.
 
     Args:
         nats_a: per-document nats under A.
@@ -165,8 +206,14 @@ def paired_figures(
 
     Example:
         >>> f = paired_figures([8.0, 9.0, 7.0], [6.0, 7.0, 6.5], [10, 12, 9], [4, 5, 3], [3, 4, 3])
-        >>> round(f.delta, 4), f.a_wins, f.verdict
-        (0.2094, 0.0, 'B is better by 0.2094 bpb (95% CI 0.0801 to 0.2885)')
+        >>> round(f.delta, 4), f.a_wins, f.ci
+        (0.2094, 0.0, None)
+        >>> f.verdict
+        'no verdict, too few documents for a 95% interval (3; at least 41): A − B = 0.2094 bpb'
+        >>> f = paired_figures([8.0, 9.0, 7.0] * 14, [6.0, 7.0, 6.5] * 14, [10, 12, 9] * 14,
+        ...                    [4, 5, 3] * 14, [3, 4, 3] * 14)
+        >>> f.verdict
+        'B is better by 0.2094 bpb (95% CI 0.1846 to 0.2327)'
     """
     n_bytes = np.asarray(nbytes, dtype=np.int64)
     keep = n_bytes > 0
@@ -178,15 +225,18 @@ def paired_figures(
     total_bytes = int(n_bytes.sum())
     fig_a = ModelFigures(math.fsum(a), total_bytes, int(t_a.sum()))
     fig_b = ModelFigures(math.fsum(b), total_bytes, int(t_b.sum()))
-    deltas = bootstrap_delta(a, b, n_bytes, replicates=replicates, seed=seed)
-    tail = (1 - CONFIDENCE) / 2
-    lo, hi = np.quantile(deltas, [tail, 1 - tail])
+    ci = None
+    if too_few(len(n_bytes), replicates) is None:
+        deltas = bootstrap_delta(a, b, n_bytes, replicates=replicates, seed=seed)
+        tail = (1 - CONFIDENCE) / 2
+        lo, hi = np.quantile(deltas, [tail, 1 - tail])
+        ci = (float(lo), float(hi))
     return PairedFigures(
         documents=len(n_bytes),
         a=fig_a,
         b=fig_b,
         delta=fig_a.bits_per_byte - fig_b.bits_per_byte,
-        ci=(float(lo), float(hi)),
+        ci=ci,
         a_wins=float(np.mean(a < b)),
         ties=float(np.mean(a == b)),
         correlation=_correlation(a / n_bytes, b / n_bytes),

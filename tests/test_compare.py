@@ -25,18 +25,24 @@ import torch
 from bpbeval.checkpoint import load, save
 from bpbeval.cli import run
 from bpbeval.compare import main
-from bpbeval.statistics import paired_figures, paired_figures_by_domain
+from bpbeval.statistics import (
+    MIN_DOCUMENTS,
+    MIN_REPLICATES,
+    paired_figures,
+    paired_figures_by_domain,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-N_DOCS = 24
+N_DOCS = 48  # enough for an interval overall and in domain "common", not in "rare"
+REPLICATES = 500
 TOPICS = sorted(pydoc_data.topics.topics.items())[20:80]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, list[dict]]:
-    """A JSONL file of stdlib help topics in two domains, and its rows."""
+    """A JSONL file of stdlib help topics in two domains (42 and 6 documents), and its rows."""
     rows = [
-        {"text": text[:200], "domain": ("even", "odd")[i % 2]}
+        {"text": text[:200], "domain": "rare" if i % 8 == 7 else "common"}
         for i, (_, text) in enumerate(TOPICS[:N_DOCS])
     ]
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
@@ -68,8 +74,9 @@ def checkpoints(tmp_path_factory, bpe_tokenizer, native_checkpoint) -> tuple[str
 
 
 def _args(corpus, a, b, *extra) -> list[str]:
-    return [a, b, "--data", str(corpus[0]), "--domain-column", "domain", "--bootstrap", "200",
-            "--stride", "16", "--batch-size", "16", "--device", "cpu", *extra]  # fmt: skip
+    return [a, b, "--data", str(corpus[0]), "--domain-column", "domain", "--stride", "16",
+            "--batch-size", "16", "--device", "cpu", "--bootstrap", str(REPLICATES),
+            *extra]  # fmt: skip
 
 
 def _cli(argv) -> tuple[int, str, str]:
@@ -133,17 +140,23 @@ def test_a_trained_model_beats_an_untrained_one(corpus, reference):
 
     # The paired figures are those of the per-document results, recomputed here.
     columns = [np.array(table[c]) for c in ("nats_a", "nats_b", "bytes", "tokens_a", "tokens_b")]
-    expected = paired_figures(*columns, replicates=200, seed=0)
+    expected = paired_figures(*columns, replicates=REPLICATES, seed=0)
     assert overall["ci"] == list(expected.ci)
     assert overall["a_wins"] == expected.a_wins
     assert overall["correlation"] == expected.correlation
 
     # Per domain: each pools its own documents, and the domains pool to the whole.
-    domains = paired_figures_by_domain(table["domain"], *columns, replicates=200, seed=0)
-    assert sorted(result["domains"]) == sorted(domains) == ["even", "odd"]
+    domains = paired_figures_by_domain(table["domain"], *columns, replicates=REPLICATES, seed=0)
+    assert sorted(result["domains"]) == sorted(domains) == ["common", "rare"]
     for name, f in domains.items():
-        assert result["domains"][name]["ci"] == list(f.ci)
+        assert result["domains"][name]["ci"] == (None if f.ci is None else list(f.ci))
+        assert result["domains"][name]["verdict"] == f.verdict
         assert result["domains"][name]["A"]["nats"] == f.a.nats
+    # Six documents are too few for an interval: the row says so and gives no verdict.
+    assert domains["common"].ci is not None and domains["rare"].ci is None
+    assert result["domains"]["rare"]["verdict"].startswith("no verdict, too few documents")
+    rare_row = next(line for line in reference["stdout"].splitlines() if line.startswith("rare"))
+    assert "too few" in rare_row
     parts = result["domains"].values()
     assert sum(p["A"]["bytes"] for p in parts) == result["models"]["A"]["bytes"]
     assert sum(p["documents"] for p in parts) == N_DOCS
@@ -165,13 +178,56 @@ def test_the_plot_is_a_png_of_the_asked_size(reference):
 
 def test_a_model_against_itself_gives_zero(tmp_path, corpus, checkpoints):
     out_json = tmp_path / "self.json"
-    argv = _args(corpus, checkpoints[0], checkpoints[0], "--json", str(out_json), "--max-docs", "8")
+    argv = _args(corpus, checkpoints[0], checkpoints[0], "--json", str(out_json))
     status, out, _ = _cli(argv)
     assert status == 0
     overall = json.loads(out_json.read_text())["overall"]
     assert (overall["delta_bpb"], overall["ci"], overall["ties"]) == (0.0, [0.0, 0.0], 1.0)
     assert overall["verdict"].startswith("no significant difference")
     assert "no significant difference" in out
+
+
+@pytest.mark.parametrize(
+    ("documents", "replicates", "reason"),
+    [
+        (1, 1, "too few documents for a 95% interval (1; at least 41)"),
+        (N_DOCS, MIN_REPLICATES - 1, "too few bootstrap replicates for a 95% interval (474;"),
+    ],
+)
+def test_too_few_for_an_interval_gives_null_and_no_verdict(
+    tmp_path, corpus, checkpoints, reference, documents, replicates, reason
+):
+    cache, out_json = tmp_path / "cache", tmp_path / "few.json"
+    shutil.copytree(reference["cache"], cache)  # the scores are known: only the statistics run
+    argv = _args(corpus, *checkpoints, "--cache", str(cache), "--json", str(out_json))
+    argv += ["--max-docs", str(documents), "--bootstrap", str(replicates)]
+    status, out, err = _cli(argv)
+    assert status == 0, err
+    overall = json.loads(out_json.read_text())["overall"]
+    assert overall["ci"] is None
+    assert overall["verdict"].startswith(f"no verdict, {reason}")
+    assert f"95% CI        none, {reason}" in out
+    for text in (out, overall["verdict"]):
+        assert "significant" not in text and "better by" not in text
+    # The trained model is still better on these documents: only the verdict is withheld.
+    assert overall["delta_bpb"] < 0
+
+
+def test_just_enough_for_an_interval_gives_one(tmp_path, corpus, checkpoints, reference):
+    cache, out_json = tmp_path / "cache", tmp_path / "enough.json"
+    shutil.copytree(reference["cache"], cache)
+    argv = _args(corpus, *checkpoints, "--cache", str(cache), "--json", str(out_json))
+    argv += ["--max-docs", str(MIN_DOCUMENTS), "--bootstrap", str(MIN_REPLICATES)]
+    status, out, err = _cli(argv)
+    assert status == 0, err
+    overall = json.loads(out_json.read_text())["overall"]
+    table = pq.read_table(reference["docs.parquet"]).to_pydict()
+    columns = [
+        table[c][:MIN_DOCUMENTS] for c in ("nats_a", "nats_b", "bytes", "tokens_a", "tokens_b")
+    ]
+    expected = paired_figures(*columns, replicates=MIN_REPLICATES, seed=0)
+    assert overall["ci"] == list(expected.ci)
+    assert overall["verdict"] == expected.verdict and expected.verdict in out
 
 
 def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference, spawn):

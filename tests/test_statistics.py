@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpbeval import statistics
-from bpbeval.statistics import bootstrap_delta, paired_figures, paired_figures_by_domain
+from bpbeval.statistics import (
+    CONFIDENCE,
+    MIN_DOCUMENTS,
+    MIN_REPLICATES,
+    bootstrap_delta,
+    paired_figures,
+    paired_figures_by_domain,
+)
 
 
 def _documents(n: int, seed: int, ratio: float = 1.0) -> tuple[np.ndarray, ...]:
@@ -37,14 +45,14 @@ def _reference_ci(nats_a, nats_b, nbytes, replicates, seed):
 def test_bootstrap_ci_equals_independent_resampling(monkeypatch, block_elements):
     monkeypatch.setattr(statistics, "_BLOCK_ELEMENTS", block_elements)
     nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(257, seed=1, ratio=1.02)
-    figures = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=300, seed=7)
-    assert figures.ci == _reference_ci(nats_a, nats_b, nbytes, 300, seed=7)
-    assert figures.replicates == 300
+    figures = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=500, seed=7)
+    assert figures.ci == _reference_ci(nats_a, nats_b, nbytes, 500, seed=7)
+    assert figures.replicates == 500
 
 
 def test_model_against_itself_gives_zero_and_zero_interval():
     nats, _, nbytes, tokens, _ = _documents(100, seed=2)
-    figures = paired_figures(nats, nats, nbytes, tokens, tokens, replicates=200, seed=0)
+    figures = paired_figures(nats, nats, nbytes, tokens, tokens, replicates=500, seed=0)
     assert figures.delta == 0.0
     assert figures.ci == (0.0, 0.0)
     assert (figures.a_wins, figures.ties) == (0.0, 1.0)
@@ -79,9 +87,9 @@ def test_pooled_figures_wins_and_correlation_match_brute_force():
 def test_documents_without_bytes_are_left_out():
     nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(50, seed=5)
     with_empty = [np.append(x, 0) for x in (nats_a, nats_b, nbytes, tokens_a, tokens_b)]
-    assert paired_figures(*with_empty, replicates=50) == paired_figures(
-        nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=50
-    )
+    figures = paired_figures(*with_empty, replicates=500)
+    assert figures.ci is not None
+    assert figures == paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=500)
 
 
 def test_correlation_is_none_when_undefined():
@@ -91,11 +99,11 @@ def test_correlation_is_none_when_undefined():
 
 
 def test_domains_pool_to_the_overall_figures():
-    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(120, seed=6, ratio=0.9)
-    domains = [["web", "code", None][i % 3] for i in range(120)]
+    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(129, seed=6, ratio=0.9)
+    domains = [["web", "code", None][i % 3] for i in range(129)]  # 43 documents each
     arrays = (nats_a, nats_b, nbytes, tokens_a, tokens_b)
-    overall = paired_figures(*arrays, replicates=100, seed=3)
-    by_domain = paired_figures_by_domain(domains, *arrays, replicates=100, seed=3)
+    overall = paired_figures(*arrays, replicates=500, seed=3)
+    by_domain = paired_figures_by_domain(domains, *arrays, replicates=500, seed=3)
     assert list(by_domain) == ["", "code", "web"]
     parts = by_domain.values()
     assert sum(f.documents for f in parts) == overall.documents
@@ -107,7 +115,8 @@ def test_domains_pool_to_the_overall_figures():
     assert pooled == pytest.approx(overall.delta, rel=1e-12)
     # Each domain is exactly the comparison of its own documents, with the same seed.
     web = [i for i, d in enumerate(domains) if d == "web"]
-    assert by_domain["web"] == paired_figures(*(x[web] for x in arrays), replicates=100, seed=3)
+    assert by_domain["web"].ci is not None
+    assert by_domain["web"] == paired_figures(*(x[web] for x in arrays), replicates=500, seed=3)
 
 
 @settings(max_examples=30, deadline=None)
@@ -115,21 +124,25 @@ def test_domains_pool_to_the_overall_figures():
     st.lists(
         st.tuples(st.integers(1, 10**6), st.floats(0, 10), st.floats(0, 10)),
         min_size=1,
-        max_size=40,
+        max_size=60,
     ),
     st.integers(0, 2**32),
 )
 def test_swapping_models_mirrors_every_figure(rows, seed):
     nbytes = np.array([r[0] for r in rows])
     nats_a, nats_b = (np.array([r[i] * r[0] for r in rows]) for i in (1, 2))
-    ab = paired_figures(nats_a, nats_b, nbytes, nbytes, nbytes, replicates=40, seed=seed)
-    ba = paired_figures(nats_b, nats_a, nbytes, nbytes, nbytes, replicates=40, seed=seed)
+    replicates = MIN_REPLICATES
+    ab = paired_figures(nats_a, nats_b, nbytes, nbytes, nbytes, replicates=replicates, seed=seed)
+    ba = paired_figures(nats_b, nats_a, nbytes, nbytes, nbytes, replicates=replicates, seed=seed)
     assert ba.delta == -ab.delta
     np.testing.assert_array_equal(
-        bootstrap_delta(nats_b, nats_a, nbytes, replicates=40, seed=seed),
-        -bootstrap_delta(nats_a, nats_b, nbytes, replicates=40, seed=seed),
+        bootstrap_delta(nats_b, nats_a, nbytes, replicates=replicates, seed=seed),
+        -bootstrap_delta(nats_a, nats_b, nbytes, replicates=replicates, seed=seed),
     )
-    assert ab.ci[0] <= ab.ci[1]
+    assert (ab.ci is None) == (ba.ci is None) == (len(rows) < MIN_DOCUMENTS)
+    if ab.ci is not None:
+        assert ab.ci[0] <= ab.ci[1]
+        assert ba.ci == pytest.approx((-ab.ci[1], -ab.ci[0]), abs=1e-12)
     assert ab.a_wins + ba.a_wins + ab.ties == pytest.approx(1.0)
     assert ab.correlation == ba.correlation
 
@@ -139,3 +152,74 @@ def test_bootstrap_rejects_bad_arguments():
         bootstrap_delta([1.0], [1.0, 2.0], [1, 2], replicates=10, seed=0)
     with pytest.raises(ValueError, match="at least 1"):
         bootstrap_delta([1.0], [1.0], [1], replicates=0, seed=0)
+
+
+def _significant(verdict: str) -> bool:
+    return "better by" in verdict or "significant" in verdict
+
+
+@pytest.mark.parametrize(
+    ("documents", "replicates"),
+    [(1, 1), (1, 1000), (MIN_DOCUMENTS - 1, 1000), (200, 1), (200, MIN_REPLICATES - 1)],
+)
+def test_too_few_documents_or_replicates_give_no_interval_and_no_verdict(documents, replicates):
+    # B is far better on every document: with an interval this would be "B is better by ...".
+    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(documents, seed=8, ratio=0.5)
+    figures = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=replicates)
+    assert figures.ci is None
+    what = "documents" if documents < MIN_DOCUMENTS else "bootstrap replicates"
+    count, minimum = (
+        (documents, MIN_DOCUMENTS) if what == "documents" else (replicates, MIN_REPLICATES)
+    )
+    assert figures.too_few == f"too few {what} for a 95% interval ({count}; at least {minimum})"
+    assert figures.verdict.startswith(f"no verdict, {figures.too_few}: ")
+    assert not _significant(figures.verdict)
+    # Every other figure is still there, as with an interval.
+    assert figures.delta == pytest.approx(
+        (math.fsum(nats_a) - math.fsum(nats_b)) / (math.log(2) * nbytes.sum()), rel=1e-12
+    )
+    assert (figures.a_wins, figures.documents, figures.replicates) == (0.0, documents, replicates)
+
+
+def test_at_the_minimums_the_interval_is_the_bootstrap_one():
+    arrays = _documents(MIN_DOCUMENTS, seed=9, ratio=0.5)
+    figures = paired_figures(*arrays, replicates=MIN_REPLICATES, seed=1)
+    assert figures.ci == _reference_ci(*arrays[:3], MIN_REPLICATES, seed=1)
+    assert figures.too_few is None
+    assert figures.verdict.startswith("B is better by")
+
+
+def test_domains_below_the_minimum_get_no_interval():
+    n = MIN_DOCUMENTS + (MIN_DOCUMENTS - 1)
+    arrays = _documents(n, seed=10, ratio=0.5)
+    domains = ["big"] * MIN_DOCUMENTS + ["small"] * (MIN_DOCUMENTS - 1)
+    by_domain = paired_figures_by_domain(domains, *arrays, replicates=MIN_REPLICATES)
+    big, small = by_domain["big"], by_domain["small"]
+    assert big.ci == _reference_ci(*(x[:MIN_DOCUMENTS] for x in arrays[:3]), MIN_REPLICATES, 0)
+    assert small.ci is None and not _significant(small.verdict)
+    assert (
+        small.too_few == f"too few documents for a 95% interval ({MIN_DOCUMENTS - 1}; at least 41)"
+    )
+
+
+def _student_t_cdf(x: float, nu: int) -> float:
+    # Student's t by integrating its density (no scipy): P(T <= x) = 1/2 + ∫_0^x density.
+    log_norm = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+    t = np.linspace(0.0, x, 200_001)
+    density = np.exp(log_norm - (nu + 1) / 2 * np.log1p(t * t / nu))
+    return 0.5 + float(np.sum((density[1:] + density[:-1]) / 2) * (t[1] - t[0]))
+
+
+def test_the_minimums_follow_from_their_documented_reasons():
+    # An interval called 95% must cover 95% to within one point (statistics.py says why).
+    tolerance = 0.01
+    z = NormalDist().inv_cdf((1 + CONFIDENCE) / 2)
+
+    def coverage(n: int) -> float:  # percentile bootstrap of a normal mean, R -> infinity
+        return 2 * _student_t_cdf(z * math.sqrt((n - 1) / n), n - 1) - 1
+
+    assert coverage(MIN_DOCUMENTS - 1) < CONFIDENCE - tolerance <= coverage(MIN_DOCUMENTS)
+    # Monte Carlo sd of the bootstrap mass outside the interval: sqrt(a(1-a)/R) with a = 5%.
+    alpha = 1 - CONFIDENCE
+    sd = [math.sqrt(alpha * (1 - alpha) / r) for r in (MIN_REPLICATES - 1, MIN_REPLICATES)]
+    assert sd[0] > tolerance >= sd[1] - 1e-15

@@ -268,13 +268,13 @@ def the_point(result: dict[str, Any], names: tuple[str, str]) -> list[str]:
     a, b = result["models"]["A"], result["models"]["B"]
     first = {k: names[0] if a[k] < b[k] else names[1] for k in ("bits_per_token", "bits_per_byte")}
     nats = [m["bits_per_token"] * math.log(2) for m in (a, b)]
-    delta, (lo, hi) = result["overall"]["delta_bpb"], result["overall"]["ci"]
+    delta, ci = result["overall"]["delta_bpb"], result["overall"]["ci"]
+    interval = "too few for a CI" if ci is None else f"95% CI {ci[0]:+.3f} to {ci[1]:+.3f}"
     return [
         f"loss per token ranks {first['bits_per_token']} first: "
         f"{nats[0]:.3f} against {nats[1]:.3f} nats/token",
         f"bits per byte ranks {first['bits_per_byte']} first: "
-        f"{a['bits_per_byte']:.3f} against {b['bits_per_byte']:.3f}, "
-        f"Δ {delta:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})",
+        f"{a['bits_per_byte']:.3f} against {b['bits_per_byte']:.3f}, Δ {delta:+.3f} ({interval})",
         f"a {names[0]} token is {a['bytes_per_token']:.2f} bytes of text, "
         f"a {names[1]} token {b['bytes_per_token']:.2f}: only bpb compares them",
     ]
