@@ -13,8 +13,9 @@ int64 count of 2**-24 nat (see :func:`_nats_dtype`).
 
 Speed: the update never synchronises host and device. It uses ``torch.where`` and
 an integer gather instead of boolean-mask indexing, ``.item()`` or a Python ``if``
-on a tensor, all of which wait for the device. The checks that must look at
-values live in :func:`_bits_per_byte_validate_inputs` and run only when asked.
+on a tensor, all of which wait for the device. Shapes and dtypes are metadata, so
+they are always checked; the checks that must look at values live in
+:func:`_bits_per_byte_validate_inputs` and run only when asked.
 """
 
 from __future__ import annotations
@@ -91,10 +92,11 @@ def _bits_per_byte_validate_args(token_bytes: Tensor, ignore_index: int | None) 
         raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
 
 
-def _bits_per_byte_validate_inputs(
-    loss: Tensor, target: Tensor, token_bytes: Tensor, ignore_index: int | None
-) -> None:
-    """Check one batch; this reads tensor values and so synchronises with the device."""
+def _bits_per_byte_check_inputs(loss: Tensor, target: Tensor) -> None:
+    """Check shapes and dtypes: metadata only, so no sync, and always run.
+
+    Without it a loss of shape (1,) would broadcast over every target.
+    """
     if loss.shape != target.shape:
         raise ValueError(
             f"loss and target must have the same shape (one loss per target token), got "
@@ -105,18 +107,48 @@ def _bits_per_byte_validate_inputs(
         raise TypeError(f"loss must be a floating point tensor of nats, got dtype {loss.dtype}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target must be an integer tensor of token ids, got dtype {target.dtype}")
-    kept = ~_ignored_targets(target, ignore_index)
-    outside = kept & (target >= token_bytes.numel())
+
+
+def _target_ids(target: Tensor) -> Tensor:
+    """Target ids of any integer dtype as int64.
+
+    ``take`` wants int64 indices, and torch cannot compare uint16..uint64 tensors. A
+    uint64 id of 2**63 or more reads as negative, so ignored: it can only be a negative
+    id cast to uint64.
+    """
+    return target.long()
+
+
+def _scored_bytes(ids: Tensor, token_bytes: Tensor, ignore_index: int | None) -> Tensor:
+    """The bytes each int64 target id stands for, 0 where it is not scored.
+
+    Ids must lie inside ``token_bytes`` unless ignored.
+    """
+    ignored = _ignored_targets(ids, ignore_index)
+    # Look up a safe id where ignored, then zero those: no boolean indexing, no sync.
+    return token_bytes.take(torch.where(ignored, 0, ids)).masked_fill_(ignored, 0)
+
+
+def _bits_per_byte_validate_inputs(
+    loss: Tensor, target: Tensor, token_bytes: Tensor, ignore_index: int | None
+) -> None:
+    """Check the values of one batch: this reads them and so synchronises with the device.
+
+    Only scored losses are checked: an ignored or 0-byte target's loss never counts.
+    """
+    _bits_per_byte_check_inputs(loss, target)  # the checks below assume it
+    ids = _target_ids(target)
+    outside = ~_ignored_targets(ids, ignore_index) & (ids >= token_bytes.numel())
     if bool(outside.any()):
         raise ValueError(
-            f"target id {int(target[outside][0])} is outside token_bytes, which covers ids "
+            f"target id {int(ids[outside][0])} is outside token_bytes, which covers ids "
             f"0..{token_bytes.numel() - 1}; the tokenizer's token_bytes must match the model's "
             f"vocabulary"
         )
-    kept_loss = loss[kept]
-    if not bool(torch.isfinite(kept_loss).all()):
+    scored_loss = loss[_scored_bytes(ids, token_bytes, ignore_index) > 0]
+    if not bool(torch.isfinite(scored_loss).all()):
         raise ValueError("loss holds NaN or infinite values; check the model's logits")
-    if bool((kept_loss < 0).any()):
+    if bool((scored_loss < 0).any()):
         raise ValueError(
             "loss holds negative values, but a cross-entropy in nats is never negative; "
             "pass -log p (e.g. F.cross_entropy(..., reduction='none')), not log p"
@@ -132,9 +164,8 @@ def _bits_per_byte_update(
     tokens are int64. Targets below 0, equal to ``ignore_index`` or of 0 bytes count
     in none of the three.
     """
-    ignored = _ignored_targets(target, ignore_index)
-    # Look up a safe id where ignored, then zero those: no boolean indexing, no sync.
-    nbytes = token_bytes.take(torch.where(ignored, 0, target)).masked_fill_(ignored, 0)
+    _bits_per_byte_check_inputs(loss, target)
+    nbytes = _scored_bytes(_target_ids(target), token_bytes, ignore_index)
     scored = nbytes > 0
     nats = _sum_nats(torch.where(scored, loss, 0), _nats_dtype(loss.device))
     return nats, nbytes.sum(dtype=torch.int64), scored.sum(dtype=torch.int64)
@@ -158,8 +189,8 @@ def bits_per_byte(
     Args:
         loss: per-token losses in nats, e.g. ``F.cross_entropy(..., reduction="none")``,
             any float dtype and shape.
-        target: the token ids the losses are for, an integer tensor of the same shape.
-            Ids below 0 (nanochat's -1, Hugging Face's -100) are ignored.
+        target: the token ids the losses are for, a tensor of any integer dtype and the
+            same shape. Ids below 0 (nanochat's -1, Hugging Face's -100) are ignored.
         token_bytes: int tensor [vocab_size], the UTF-8 byte length of each token id,
             0 for special tokens (which are then not scored).
         ignore_index: one more target id to ignore.
@@ -169,7 +200,7 @@ def bits_per_byte(
 
     Raises:
         ValueError: on mismatched shapes, ids outside ``token_bytes`` or a NaN,
-            infinite or negative loss.
+            infinite or negative loss at a scored token.
         TypeError: on a non-float loss or a non-integer target.
 
     Example:

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 from bpbeval.functional import (
     _bits_per_byte_compute,
@@ -53,11 +54,18 @@ class BitsPerByte(Metric):
     nat, which rounds each loss below float32's own resolution and then sums
     exactly; ``compute`` returns float64 on the CPU.
 
-    ``update`` never synchronises host and device when ``validate_args=False``.
-    With ``validate_args=True`` (the default) ``token_bytes`` is checked once and
-    each batch before it counts: the shapes match, the loss is float, finite and
-    non-negative, the target is an integer with ids inside ``token_bytes``. Those
-    checks read values, so they sync.
+    Every batch must have a float loss and an integer target (any integer dtype) of
+    the same shape; those checks read only metadata. ``update`` never synchronises
+    host and device when ``validate_args=False``. With ``validate_args=True`` (the
+    default) ``token_bytes`` is checked once and each batch's values before it
+    counts: target ids inside ``token_bytes``, scored losses finite and
+    non-negative. Those checks read values, so they sync.
+
+    bpb is differentiable in the loss: ``forward`` returns the batch's bpb with
+    its graph (except on MPS, where nats are an integer count). The states never
+    hold a graph. ``set_dtype`` leaves the states and ``token_bytes`` as they are:
+    they are exact by design. :meth:`merge_state` refuses a metric that counts
+    with another ``token_bytes`` or ``ignore_index``.
 
     Args:
         token_bytes: 1-D integer tensor [vocab_size], UTF-8 bytes per token id.
@@ -79,7 +87,7 @@ class BitsPerByte(Metric):
         tensor(2.3333, dtype=torch.float64)
     """
 
-    is_differentiable = False
+    is_differentiable = True
     higher_is_better = False
     full_state_update = False
     plot_lower_bound = 0.0
@@ -109,7 +117,7 @@ class BitsPerByte(Metric):
         self.to(token_bytes.device)
 
     def update(self, loss: Tensor, target: Tensor) -> None:
-        """Add a batch of per-token losses (nats) and their target ids, of one shape."""
+        """Add a batch of per-token losses (nats) and their integer target ids, of one shape."""
         if self.validate_args:
             _bits_per_byte_validate_inputs(loss, target, self.token_bytes, self.ignore_index)
         nats, nbytes, tokens = _bits_per_byte_update(
@@ -142,11 +150,66 @@ class BitsPerByte(Metric):
             tokens=tokens,
         )
 
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's counts (or a dict of states) to this one's.
+
+        Raises:
+            ValueError: if the other metric counts bytes with another ``token_bytes``
+                or leaves out another ``ignore_index``: the sums would mean nothing.
+        """
+        if isinstance(incoming_state, BitsPerByte):
+            theirs = incoming_state.token_bytes.to(self.token_bytes.device)
+            same_table = theirs.shape == self.token_bytes.shape and torch.equal(
+                theirs, self.token_bytes
+            )
+            if not same_table or incoming_state.ignore_index != self.ignore_index:
+                raise ValueError(
+                    "cannot merge BitsPerByte metrics that count differently (another "
+                    "token_bytes or ignore_index); merge only metrics built with the same "
+                    "tokenizer's token_bytes and the same ignore_index"
+                )
+        super().merge_state(incoming_state)
+
+    def plot(
+        self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None
+    ) -> _PLOT_OUT_TYPE:
+        """Plot bits per byte, one value or a sequence of values over steps (needs matplotlib).
+
+        Args:
+            val: a result of ``forward`` or ``compute``, or a sequence of them;
+                ``compute()`` when None.
+            ax: the matplotlib axes to draw on; a new figure when None.
+
+        Returns:
+            The figure (None when ``ax`` is given) and the axes.
+
+        Example:
+            >>> metric = BitsPerByte(torch.tensor([0, 1, 2]))
+            >>> steps = [metric(torch.tensor([x, 1.0]), torch.tensor([1, 2])) for x in (5.0, 2.0)]
+            >>> fig, ax = metric.plot(steps)
+            >>> [round(float(y), 4) for y in ax.lines[0].get_ydata()]
+            [2.8854, 1.4427]
+            >>> round(6.0 / (math.log(2) * 3), 4), round(3.0 / (math.log(2) * 3), 4)
+            (2.8854, 1.4427)
+        """
+        return self._plot(val, ax)
+
     def _apply(self, fn: Callable, exclude_state: Sequence[str] = ()) -> BitsPerByte:
-        # torchmetrics moves states with ``fn``; nats is moved by hand because on MPS,
-        # which has no float64, it must change representation (see _nats_to).
-        nats, default = self.nats, self._defaults["nats"]
-        this = super()._apply(fn, exclude_state=(*exclude_state, "nats"))
+        # fn may cast dtypes (set_dtype, .to(dtype)), but the states, the byte table and the
+        # results cached from them are exact by design (80,000 bytes are inf in float16), so
+        # they only change device. nats may also change representation: MPS has no float64
+        # (see _nats_to). token_bytes, moved by torchmetrics, tells the device.
+        states = {name: (getattr(self, name), self._defaults[name]) for name in self._defaults}
+        kept = {
+            name: getattr(self, name) for name in ("token_bytes", "_computed", "_forward_cache")
+        }
+        this = super()._apply(fn, exclude_state=(*exclude_state, *states))
         device = this.token_bytes.device
-        this.nats, this._defaults["nats"] = _nats_to(nats, device), _nats_to(default, device)
+        for name, (value, default) in states.items():
+            move = _nats_to if name == "nats" else Tensor.to
+            setattr(this, name, move(value, device))
+            this._defaults[name] = move(default, device)
+        for name, value in kept.items():
+            if value is not None:
+                setattr(this, name, value.to(device))
         return this

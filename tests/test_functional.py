@@ -92,10 +92,11 @@ def test_nothing_scored_is_nan_not_zero():
     )
 
 
-def test_ignored_positions_may_hold_garbage_losses():
-    # Losses where the target is ignored never enter the sum, even NaN ones.
-    loss = torch.tensor([math.nan, math.inf, 2.0])
-    got = bits_per_byte(loss, torch.tensor([-1, -100, 1]), torch.tensor([0, 4]))
+def test_unscored_positions_may_hold_garbage_losses():
+    # Losses where the target is ignored or a 0-byte special token never enter the sum,
+    # so the checks pass them too, even NaN or negative ones.
+    loss = torch.tensor([math.nan, math.inf, math.nan, -3.0, 2.0])
+    got = bits_per_byte(loss, torch.tensor([-1, -100, 0, 0, 1]), torch.tensor([0, 4]))
     assert got.item() == pytest.approx(2.0 / (math.log(2) * 4), rel=1e-15)
 
 

@@ -191,3 +191,180 @@ def test_bad_inputs_get_clear_errors():
     unchecked = BitsPerByte(token_bytes, validate_args=False)
     unchecked.update(torch.full_like(loss, -1.0), target)
     assert unchecked.compute() < 0
+
+
+INTEGER_DTYPES = [
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+]
+
+
+@pytest.mark.parametrize("validate_args", [True, False])
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES)
+def test_targets_of_every_integer_dtype_score_as_int64(dtype, validate_args):
+    token_bytes = make_token_bytes()
+    loss, target = make_batch(0)
+    if not dtype.is_signed:
+        target = torch.where(target < 0, 7, target)  # no ids below 0: ignore_index instead
+    metric = BitsPerByte(token_bytes, ignore_index=7, validate_args=validate_args)
+    metric.update(loss, target.to(dtype))
+    nats, nbytes, tokens = reference([(loss, target)], token_bytes, ignore_index=7)
+    r = metric.compute_all()
+    assert (r.bytes.item(), r.tokens.item()) == (nbytes, tokens)
+    assert r.nats.item() == pytest.approx(nats, rel=1e-12)
+
+
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_only_scored_losses_are_checked(validate_args):
+    # A special token (0 bytes) or an ignored target is never scored, so its loss may be
+    # anything, NaN included, whether or not the batch is validated.
+    token_bytes = make_token_bytes()
+    loss, target = make_batch(0)
+    loss[0, 1:4] = torch.tensor([math.nan, -math.inf, -2.0])
+    target[0, 1:4] = torch.tensor([0, 1, 2])  # the special tokens of make_token_bytes
+    loss[1, 0] = math.nan  # target -100
+    metric = BitsPerByte(token_bytes, validate_args=validate_args)
+    metric.update(loss, target)
+    nats, nbytes, _ = reference([(loss, target)], token_bytes)
+    assert math.isfinite(nats)
+    assert metric.compute().item() == pytest.approx(nats / math.log(2) / nbytes, rel=1e-12)
+    scored_nan = loss.clone()
+    scored_nan[0, 1] = math.nan
+    target[0, 1] = 5
+    if validate_args:
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metric.update(scored_nan, target)
+
+
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_shapes_and_dtypes_are_always_checked(validate_args):
+    # These checks read only metadata, so they cost no sync and run even when values are not
+    # checked: a loss of shape (1,) must not broadcast over three targets (3x the nats).
+    metric = BitsPerByte(make_token_bytes(), validate_args=validate_args)
+    three = torch.tensor([5, 6, 7])
+    with pytest.raises(ValueError, match="same shape"):
+        metric.update(torch.tensor([2.0]), three)
+    with pytest.raises(ValueError, match="same shape"):
+        metric.update(torch.tensor([1.0, 2.0, 3.0]), three[:1])
+    with pytest.raises(TypeError, match="loss must be a floating point"):
+        metric.update(three, three)
+    with pytest.raises(TypeError, match="target must be an integer"):
+        metric.update(three.float(), three.float())
+    with pytest.raises(TypeError, match="target must be an integer"):
+        metric.update(three.float(), three > 5)
+    assert (metric.bytes.item(), metric.tokens.item(), metric.nats.item()) == (0, 0, 0.0)
+
+
+def test_merge_state_adds_counts_and_refuses_metrics_that_count_differently():
+    token_bytes = make_token_bytes()
+    a, b = make_batch(0), make_batch(1)
+    first = BitsPerByte(token_bytes, ignore_index=7)
+    second = first.clone()
+    first.update(*a)
+    second.update(*b)
+    first.merge_state(second)
+    nats, nbytes, tokens = reference([a, b], token_bytes, ignore_index=7)
+    r = first.compute_all()
+    assert (r.bytes.item(), r.tokens.item()) == (nbytes, tokens)
+    assert r.nats.item() == pytest.approx(nats, rel=1e-12)
+
+    # Byte counts from another tokenizer's table, or another rule for what is scored,
+    # do not add up to anything: refused, and nothing changes.
+    for other in (
+        BitsPerByte(make_token_bytes(seed=1), ignore_index=7),
+        BitsPerByte(token_bytes[:-1], ignore_index=7),
+        BitsPerByte(token_bytes, ignore_index=None),
+    ):
+        other.update(*b)
+        with pytest.raises(ValueError, match="cannot merge"):
+            first.merge_state(other)
+    assert (first.bytes.item(), first.tokens.item()) == (nbytes, tokens)
+    # The same table in another integer dtype counts the same.
+    same = BitsPerByte(token_bytes.long(), ignore_index=7)
+    same.update(*a)
+    first.merge_state(same)
+    assert first.bytes.item() == nbytes + reference([a], token_bytes, ignore_index=7)[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.half, torch.bfloat16, torch.float32])
+def test_set_dtype_leaves_the_exact_counts_and_the_byte_table_alone(dtype):
+    # 80,000 bytes are inf in float16, and a 257-byte token is 256 in bfloat16.
+    token_bytes = torch.full((VOCAB,), 8, dtype=torch.int32)
+    token_bytes[0], token_bytes[1] = 0, 257
+    target = torch.arange(10_000) % VOCAB
+    loss = torch.rand(10_000, generator=torch.Generator().manual_seed(0)) * 5
+    metric = BitsPerByte(token_bytes)
+    metric.update(loss, target)
+    before = metric.compute()
+    metric.set_dtype(dtype)
+    assert metric.dtype == dtype  # torchmetrics records the request ...
+    # ... but the counts, the sums and the table keep their exact dtypes and values.
+    assert (metric.bytes.dtype, metric.tokens.dtype, metric.nats.dtype) == (
+        torch.int64,
+        torch.int64,
+        torch.float64,
+    )
+    assert all(d.dtype in (torch.int64, torch.float64) for d in metric._defaults.values())
+    assert metric.token_bytes.dtype == torch.int32 and torch.equal(metric.token_bytes, token_bytes)
+    assert metric.compute().dtype == torch.float64 and metric.compute().item() == before.item()
+    metric.update(loss, target)
+    nats, nbytes, tokens = reference([(loss, target)] * 2, token_bytes)
+    assert nbytes > 100_000
+    r = metric.compute_all()
+    assert (r.bytes.item(), r.tokens.item()) == (nbytes, tokens)
+    assert r.bits_per_byte.item() == pytest.approx(nats / math.log(2) / nbytes, rel=1e-12)
+
+
+def test_forward_is_differentiable_in_the_loss():
+    # d bpb / d loss_i = 1 / (ln 2 * bytes) for a scored token, 0 for any other.
+    token_bytes = make_token_bytes()
+    metric = BitsPerByte(token_bytes, ignore_index=7)
+    assert metric.is_differentiable
+    loss, target = make_batch(0)
+    loss = loss.double().requires_grad_()
+    value = metric(loss, target)
+    (grad,) = torch.autograd.grad(value, loss)
+    _, nbytes, _ = reference([(loss.detach(), target)], token_bytes, ignore_index=7)
+    tb = token_bytes.tolist()
+    expected = [
+        1 / (math.log(2) * nbytes) if t >= 0 and t != 7 and tb[t] > 0 else 0.0
+        for t in target.flatten().tolist()
+    ]
+    assert grad.flatten().tolist() == pytest.approx(expected, rel=1e-12, abs=0)
+    assert 0.0 in expected and any(expected)
+    # The accumulated states hold no graph: the next batches do not keep this one alive.
+    assert not any(s.requires_grad for s in (metric.nats, metric.bytes, metric.tokens))
+
+
+def test_plot_draws_one_value_or_values_over_steps():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    token_bytes = make_token_bytes()
+    metric = BitsPerByte(token_bytes)
+    steps = [metric(*make_batch(s)) for s in range(4)]
+    try:
+        fig, ax = metric.plot()
+        assert fig is ax.figure
+        (line,) = ax.lines
+        assert np.asarray(line.get_ydata(), dtype=float).tolist() == [metric.compute().item()]
+
+        fig, ax = metric.plot(steps)
+        (line,) = ax.lines
+        expected = [bits_per_byte(*make_batch(s), token_bytes).item() for s in range(4)]
+        assert np.asarray(line.get_ydata(), dtype=float).tolist() == pytest.approx(expected)
+        assert ax.get_ylabel() == "BitsPerByte"
+
+        _, own = plt.subplots()
+        assert metric.plot(steps[0], ax=own) == (None, own)
+        assert np.asarray(own.lines[0].get_ydata(), dtype=float).tolist() == [steps[0].item()]
+    finally:
+        plt.close("all")
