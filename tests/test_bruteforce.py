@@ -174,8 +174,7 @@ def test_sums_are_float64_where_float32_would_drop_the_small_losses(sharp, tmp_p
     letters = "abcdefghijklmnopqrstuvwxyz"
     # Runs of 8 equal letters: each window of 8 holds one 1024-nat change and 7 tiny repeats.
     texts = [
-        "".join(letters[(k + j) % 26] * 8 for j in range(n))
-        for k, n in enumerate((420, 333, 250))
+        "".join(letters[(k + j) % 26] * 8 for j in range(n)) for k, n in enumerate((420, 333, 250))
     ]
     documents = [Document(f"sharp{i}", text, None) for i, text in enumerate(texts)]
     checkpoint = Checkpoint(model, tokenizer, context_len, "sharp", "custom", "sharp")
