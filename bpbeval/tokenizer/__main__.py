@@ -1,8 +1,9 @@
-"""``python -m bpbeval.tokenizer {train,audit,compare}``.
+"""``python -m bpbeval.tokenizer {train,audit,compare,token-bytes}``.
 
-    train    train a tokenizer on Parquet/JSONL/text files and save it
-    audit    check that a tokenizer's token_bytes conserve the bytes of a corpus
-    compare  bytes per token of several tokenizers on the same documents
+    train        train a tokenizer on Parquet/JSONL/text files and save it
+    audit        check that a tokenizer's token_bytes conserve the bytes of a corpus
+    compare      bytes per token of several tokenizers on the same documents
+    token-bytes  write a tokenizer's exact byte table as nanochat's token_bytes.pt
 
 A tokenizer is named as :func:`bpbeval.tokenizer.loading.load_tokenizer` reads it: a bpbeval
 or nanochat directory, a Hugging Face tokenizer.json, or ``tiktoken:NAME``.
@@ -17,9 +18,10 @@ from itertools import chain, islice
 
 from tqdm import tqdm
 
-from bpbeval.cli import ArgumentParser, int_at_least, positive_int, run
+from bpbeval.cli import ArgumentParser, int_at_least, notice, positive_int, run
 from bpbeval.data import cap_texts, read_documents
 from bpbeval.errors import DataError
+from bpbeval.integrations.nanochat import save_token_bytes
 from bpbeval.tokenizer.audit import AuditReport, audit
 from bpbeval.tokenizer.core import train
 from bpbeval.tokenizer.loading import load_tokenizer
@@ -57,6 +59,12 @@ def _parser() -> ArgumentParser:
     p.add_argument("tokenizers", nargs="+")
     data_options(p)
     p.add_argument("--max-docs", type=positive_int, help="use only the first N documents")
+
+    p = commands.add_parser("token-bytes", help="write the exact byte table as token_bytes.pt")
+    p.add_argument("tokenizer")
+    p.add_argument(
+        "--out", required=True, help="file to write, e.g. the nanochat directory's token_bytes.pt"
+    )
     return parser
 
 
@@ -67,7 +75,7 @@ def _counting(texts: Iterable[str], bar: tqdm) -> Iterator[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    docs = read_documents(args.data, text_column=args.text_column)
+    docs = read_documents(args.data, text_column=args.text_column, on_skipped=notice)
     heldout = [doc.text for doc in islice(docs, args.heldout_docs)]
     texts = cap_texts((doc.text for doc in docs), max_chars=args.max_chars, doc_cap=args.doc_cap)
     first = next(texts, None)
@@ -103,7 +111,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
-    docs = read_documents(args.data, text_column=args.text_column, max_docs=args.max_docs)
+    docs = read_documents(
+        args.data, text_column=args.text_column, max_docs=args.max_docs, on_skipped=notice
+    )
     return [doc.text for doc in docs]
 
 
@@ -129,9 +139,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_bytes(args: argparse.Namespace) -> int:
+    table = save_token_bytes(load_tokenizer(args.tokenizer), args.out)
+    print(
+        f"wrote {args.out}: {len(table)} byte lengths, nanochat's layout "
+        "(an int32 tensor; torch.load(path, weights_only=True) reads it)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"train": _train, "audit": _audit, "compare": _compare}[args.command](args)
+    commands = {"train": _train, "audit": _audit, "compare": _compare, "token-bytes": _token_bytes}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
