@@ -40,6 +40,11 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 
 
+def notice(message: str) -> None:
+    """Tell the user something on stderr, one line, without stopping (not an error)."""
+    print(message, file=sys.stderr)
+
+
 def run(
     main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
 ) -> NoReturn:

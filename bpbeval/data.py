@@ -1,18 +1,21 @@
 """Documents from Parquet shards, JSONL files and plain text files, streamed.
 
 One reader serves tokenizer training, scoring and the demo. Paths may be files or
-directories (expanded recursively, sorted, hidden files skipped); the format is
-chosen by suffix: ``.parquet`` (read one row group at a time, so nanochat's shards
-work as they are), ``.jsonl`` (one JSON object per line), anything else is one
-plain-text document per file. Every input must be valid UTF-8: bpb divides by the
-text's bytes, so a silently replaced byte would change the answer.
+directories; the format is chosen by suffix: ``.parquet`` (read one row group at a
+time, so nanochat's shards work as they are), ``.jsonl`` (one JSON object per line),
+anything else is one plain-text document per file. A directory is expanded
+recursively and sorted to its data files only (``.parquet``, ``.jsonl``, ``.txt``;
+hidden ones skipped): a README beside the shards would otherwise be scored as one
+more document. A file named directly is read whatever its suffix. Every input must
+be valid UTF-8: bpb divides by the text's bytes, so a silently replaced byte would
+change the answer. A domain label is a string or null (no domain).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,11 @@ import pyarrow.parquet as pq
 from bpbeval.errors import DataError
 
 PathLike = str | os.PathLike[str]
+
+# What a directory is expanded to; any other file in it is skipped and reported.
+DATA_SUFFIXES = (".parquet", ".jsonl", ".txt")
+# Skipped files named in the notice; the rest are counted.
+_NAMED_SKIPPED = 5
 
 
 @dataclass(frozen=True)
@@ -40,19 +48,23 @@ class Document:
     domain: str | None = None
 
 
-def _expand(paths: PathLike | Sequence[PathLike]) -> list[tuple[str, Path]]:
-    """Return ``(key, file)`` pairs in a deterministic order; keys name files in document ids."""
+def _expand(paths: PathLike | Sequence[PathLike]) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """``(key, file)`` pairs in a deterministic order (keys name files in document ids), and
+    the files directories held that are not data files."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[tuple[str, Path]] = []
+    skipped: list[Path] = []
     for arg in map(Path, paths):
         if arg.is_dir():
             found = sorted(p.relative_to(arg) for p in arg.rglob("*") if p.is_file())
-            files.extend(
-                (rel.as_posix(), arg / rel)
-                for rel in found
-                if not any(part.startswith(".") for part in rel.parts)
-            )
+            for rel in found:
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                if rel.suffix.lower() in DATA_SUFFIXES:
+                    files.append((rel.as_posix(), arg / rel))
+                else:
+                    skipped.append(arg / rel)
         elif arg.is_file():
             files.append((arg.name, arg))
         else:
@@ -64,7 +76,29 @@ def _expand(paths: PathLike | Sequence[PathLike]) -> list[tuple[str, Path]]:
             f"two inputs are both named {dup!r}, so their document ids would collide; "
             "pass their common parent directory instead"
         )
-    return files
+    return files, skipped
+
+
+def _skipped_notice(skipped: list[Path]) -> str:
+    names = ", ".join(str(p) for p in skipped[:_NAMED_SKIPPED])
+    more = len(skipped) - _NAMED_SKIPPED
+    if more > 0:
+        names += f" and {more} more"
+    kinds = ", ".join(DATA_SUFFIXES)
+    files = "file that is" if len(skipped) == 1 else "files that are"
+    return f"skipped {len(skipped)} {files} not data ({kinds}): {names}"
+
+
+def _domain(value: object, where: str, column: str) -> str | None:
+    # A label is text; null is no domain. str() of anything else would invent one: 1, 1.0
+    # and True would become three domains or one depending on the writer, a list its repr.
+    if value is None or isinstance(value, str):
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise DataError(
+        f"{where}: domain {column!r} holds {type(value).__name__} {shown}, not a string; "
+        "write domain labels as strings (or null for none)"
+    )
 
 
 def _decode(data: bytes, where: str, offset: int = 0) -> str:
@@ -107,7 +141,9 @@ def _read_parquet(
                 text = _decode(text, where)
             if not isinstance(text, str):
                 raise DataError(f"{where}: column {text_column!r} holds {text!r}, not text")
-            yield text, None if domain is None else str(domain)
+            if isinstance(domain, bytes):
+                domain = _decode(domain, where)
+            yield text, _domain(domain, where, domain_column)
             row += 1
 
 
@@ -145,8 +181,7 @@ def _read_jsonl(
                     f"{where}: key {text_column!r} holds a lone surrogate {text[e.start]!r}, "
                     "which is not text and has no UTF-8 bytes"
                 ) from None
-            domain = obj[domain_column] if domain_column else None
-            yield text, None if domain is None else str(domain)
+            yield text, _domain(obj[domain_column], where, domain_column) if domain_column else None
 
 
 def _read_text(path: Path) -> Iterator[tuple[str, str | None]]:
@@ -160,20 +195,26 @@ def read_documents(
     domain_column: str | None = None,
     max_docs: int | None = None,
     max_bytes: int | None = None,
+    on_skipped: Callable[[str], object] | None = None,
 ) -> Iterator[Document]:
     """Stream the documents of Parquet, JSONL and plain-text files, in a fixed order.
 
     Args:
-        paths: files or directories (directories are expanded recursively, sorted).
+        paths: files (read whatever their suffix) or directories (expanded recursively,
+            sorted, to their ``DATA_SUFFIXES`` files).
         text_column: the Parquet column or JSON key holding the text.
-        domain_column: an optional Parquet column or JSON key holding a domain label.
+        domain_column: an optional Parquet column or JSON key holding a domain label
+            (a string, or null for none).
         max_docs: stop after this many documents.
         max_bytes: stop before the first document that would bring the total of UTF-8
             bytes above this.
+        on_skipped: called with a one-line notice before the first document if a
+            directory held files that are not data files (named, up to five).
 
     Raises:
         DataError: a path is missing, a column is missing, input is not UTF-8, a JSONL
-            line is malformed, or there are no documents at all.
+            line is malformed, a domain is neither a string nor null, or there are no
+            documents at all.
 
     Example:
         >>> import tempfile, pathlib
@@ -181,9 +222,16 @@ def read_documents(
         >>> _ = (d / "a.jsonl").write_text('{"text": "héllo"}\\n{"text": "world"}\\n')
         >>> [(doc.id, doc.text) for doc in read_documents(d, max_bytes=6)]
         [('a.jsonl:0', 'héllo')]
+        >>> _ = (d / "notes.md").write_text("not a document")
+        >>> [doc.id for doc in read_documents(d, on_skipped=print)]  # doctest: +ELLIPSIS
+        skipped 1 file that is not data (.parquet, .jsonl, .txt): ...notes.md
+        ['a.jsonl:0', 'a.jsonl:1']
     """
     count = total = 0
-    for key, path in _expand(paths):
+    files, skipped = _expand(paths)
+    if skipped and on_skipped is not None:
+        on_skipped(_skipped_notice(skipped))
+    for key, path in files:
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             rows = _read_parquet(path, text_column, domain_column)
@@ -206,7 +254,11 @@ def read_documents(
             count += 1
             yield Document(f"{key}:{row}", text, domain)
     if count == 0:
-        raise DataError(f"no documents found in {paths}; point at .parquet, .jsonl or text files")
+        found = f"; {_skipped_notice(skipped)}" if skipped else ""
+        raise DataError(
+            f"no documents found in {paths}{found}; point at .parquet, .jsonl or .txt files "
+            "(or name a file directly, read as text whatever its suffix)"
+        )
 
 
 def cap_texts(

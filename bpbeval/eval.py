@@ -16,7 +16,7 @@ import torch
 
 from bpbeval import distributed
 from bpbeval.checkpoint import Checkpoint, load
-from bpbeval.cli import ArgumentParser, positive_int, run
+from bpbeval.cli import ArgumentParser, notice, positive_int, run
 from bpbeval.data import Document, read_documents
 from bpbeval.errors import ScoringError
 from bpbeval.files import atomic_write_text
@@ -88,7 +88,7 @@ def load_checkpoint(args: argparse.Namespace, spec: str) -> Checkpoint:
 
 
 def read_scoring_documents(args: argparse.Namespace) -> list[Document]:
-    """The documents the scoring arguments select, in a fixed order."""
+    """The documents the scoring arguments select, in a fixed order; rank 0 names what it skips."""
     return list(
         read_documents(
             args.data,
@@ -96,6 +96,7 @@ def read_scoring_documents(args: argparse.Namespace) -> list[Document]:
             domain_column=args.domain_column,
             max_docs=args.max_docs,
             max_bytes=args.max_bytes,
+            on_skipped=notice if distributed.rank() == 0 else None,
         )
     )
 

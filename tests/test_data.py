@@ -54,14 +54,22 @@ def test_jsonl_skips_blank_lines_and_keeps_unicode(tmp_path):
     assert [d.id for d in docs] == [f"a.jsonl:{i}" for i in range(len(TEXTS))]
 
 
-def test_directories_expand_sorted_recursively_skipping_hidden(tmp_path):
+def test_directories_expand_sorted_recursively_to_data_files(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "z.txt").write_text("zz", "utf-8")
     (tmp_path / "a.txt").write_text("aa", "utf-8")
     (tmp_path / ".hidden.txt").write_text("hidden", "utf-8")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref", "utf-8")
     write_jsonl(tmp_path / "c.jsonl", [{"text": "c0"}, {"text": "c1"}])
-    docs = list(read_documents(tmp_path))
+    write_parquet(tmp_path / "D.PARQUET", ["d0"])  # suffixes in any case
+    # Not data: each would be scored as one more document and change the bpb.
+    for name in ("README.md", "b/LICENSE", "b/notes.json", "a.txt.bak"):
+        (tmp_path / name).write_text("not a document", "utf-8")
+    notices: list[str] = []
+    docs = list(read_documents(tmp_path, on_skipped=notices.append))
     assert [(d.id, d.text) for d in docs] == [
+        ("D.PARQUET:0", "d0"),
         ("a.txt:0", "aa"),
         ("b/z.txt:0", "zz"),
         ("c.jsonl:0", "c0"),
@@ -69,6 +77,114 @@ def test_directories_expand_sorted_recursively_skipping_hidden(tmp_path):
     ]
     ids = [d.id for d in docs]
     assert len(set(ids)) == len(ids)
+    skipped = ", ".join(str(tmp_path / n) for n in ("README.md", "a.txt.bak", "b/LICENSE"))
+    assert notices == [
+        f"skipped 4 files that are not data (.parquet, .jsonl, .txt): {skipped}, "
+        f"{tmp_path / 'b/notes.json'}"
+    ]
+    # Hidden files (.hidden.txt, .git/) are skipped without a word, as before.
+    assert list(read_documents(tmp_path)) == docs
+
+
+def test_a_readme_beside_the_shards_changes_nothing(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_parquet(shards / "shard_00000.parquet", TEXTS[:10])
+    write_parquet(shards / "shard_00001.parquet", TEXTS[10:20])
+    alone = list(read_documents(shards))
+    (shards / "README.md").write_text("# The corpus\n\nTwo shards of help topics.\n", "utf-8")
+    notices: list[str] = []
+    assert list(read_documents(shards, on_skipped=notices.append)) == alone
+    assert [d.text for d in alone] == TEXTS[:20]
+    assert len(notices) == 1 and notices[0].endswith(f"{shards / 'README.md'}")
+
+
+def test_many_skipped_files_are_counted_after_the_first_five(tmp_path):
+    (tmp_path / "a.txt").write_text("a", "utf-8")
+    for i in range(8):
+        (tmp_path / f"n{i}.md").write_text("x", "utf-8")
+    notices: list[str] = []
+    list(read_documents(tmp_path, on_skipped=notices.append))
+    names = ", ".join(str(tmp_path / f"n{i}.md") for i in range(5))
+    assert notices == [
+        f"skipped 8 files that are not data (.parquet, .jsonl, .txt): {names} and 3 more"
+    ]
+
+
+def test_a_file_named_directly_is_read_whatever_its_suffix(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nhéllo\n", "utf-8")
+    notices: list[str] = []
+    docs = list(read_documents(readme, on_skipped=notices.append))
+    assert docs == [Document("README.md:0", "# Title\n\nhéllo\n")]
+    assert notices == []
+
+
+def test_a_directory_of_no_data_files_says_what_it_skipped(tmp_path):
+    (tmp_path / "README.md").write_text("x", "utf-8")
+    with pytest.raises(DataError, match=r"no documents found .*skipped 1 file that is not data"):
+        list(read_documents(tmp_path))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_null_domain_is_none_and_a_string_is_kept(tmp_path, fmt):
+    domains = ["web", None, "", "code"]
+    path = tmp_path / f"d.{fmt}"
+    texts = [f"t{i}" for i in range(len(domains))]
+    if fmt == "jsonl":
+        write_jsonl(path, [{"text": t, "domain": d} for t, d in zip(texts, domains, strict=True)])
+    else:
+        write_parquet(path, texts, domain=pa.array(domains, pa.string()))
+    docs = list(read_documents(path, domain_column="domain"))
+    assert [d.domain for d in docs] == domains
+
+
+# Every value that is not a string: a number (1, 1.0 and True would each become a label of
+# their own or one another's depending on the writer), a list, a mapping.
+NOT_STRINGS = [
+    (7, "int 7"),
+    (2.5, "float 2.5"),
+    (True, "bool True"),
+    ([1, 2], "list [1, 2]"),
+    ({"name": "web"}, "dict {'name': 'web'}"),
+]
+
+
+@pytest.mark.parametrize(("value", "shown"), NOT_STRINGS)
+def test_a_jsonl_domain_that_is_not_a_string_is_refused(tmp_path, value, shown):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, [{"text": "a", "domain": "web"}, {"text": "b", "domain": value}])
+    docs = read_documents(path, domain_column="domain")
+    assert next(docs).domain == "web"
+    with pytest.raises(DataError) as e:
+        next(docs)
+    assert str(e.value) == (
+        f"{path}: line 2: domain 'domain' holds {shown}, not a string; "
+        "write domain labels as strings (or null for none)"
+    )
+
+
+@pytest.mark.parametrize(("value", "shown"), NOT_STRINGS)
+def test_a_parquet_domain_that_is_not_a_string_is_refused(tmp_path, value, shown):
+    path = tmp_path / "d.parquet"
+    write_parquet(path, ["a", "b"], domain=pa.array([None, value]))
+    docs = read_documents(path, domain_column="domain")
+    assert next(docs).domain is None
+    with pytest.raises(DataError) as e:
+        next(docs)
+    assert str(e.value) == (
+        f"{path}: row 1: domain 'domain' holds {shown}, not a string; "
+        "write domain labels as strings (or null for none)"
+    )
+
+
+def test_a_binary_parquet_domain_is_utf8_text(tmp_path):
+    path = tmp_path / "d.parquet"
+    write_parquet(path, ["a", "b"], domain=pa.array(["wéb".encode(), b"\xff"], pa.binary()))
+    docs = read_documents(path, domain_column="domain")
+    assert next(docs).domain == "wéb"
+    with pytest.raises(DataError, match=r"d.parquet: row 1: not valid UTF-8"):
+        next(docs)
 
 
 def test_max_docs_and_max_bytes_take_a_deterministic_prefix(tmp_path):

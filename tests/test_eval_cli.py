@@ -146,3 +146,23 @@ def test_a_normalising_tokenizer_stops_the_run_unless_text_bytes_are_allowed(
     )
     assert int(printed["bytes"]) == len(text.encode("utf-8"))
     assert "note: the tokenizer is not byte-conservative" in out
+
+
+def test_a_readme_beside_the_data_is_skipped_and_named(
+    native_checkpoint, documents_jsonl, tmp_path, capsys
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(documents_jsonl, data / "docs.jsonl")
+    argv = ["--device", "cpu", "--stride", "8"]
+    assert main([str(native_checkpoint[0]), "--data", str(documents_jsonl), *argv]) == 0
+    alone = capsys.readouterr()
+    (data / "README.md").write_text("# A corpus\n\nTwelve documents in one JSONL file.\n")
+    assert main([str(native_checkpoint[0]), "--data", str(data), *argv]) == 0
+    beside = capsys.readouterr()
+    assert beside.out == alone.out  # every figure, the bpb included, as for the data alone
+    notices = [line for line in beside.err.splitlines() if line.startswith("skipped")]
+    assert notices == [
+        f"skipped 1 file that is not data (.parquet, .jsonl, .txt): {data / 'README.md'}"
+    ]
+    assert "skipped" not in alone.err
