@@ -37,7 +37,7 @@ from bpbeval.eval import (
     score,
     summary,
 )
-from bpbeval.files import atomic_write_bytes
+from bpbeval.files import atomic_write_bytes, check_output_file
 from bpbeval.scoring import Scores
 from bpbeval.statistics import (
     CONFIDENCE,
@@ -157,12 +157,19 @@ def build_parser() -> ArgumentParser:
 
 # Flags that name outputs: they do not change a single figure, so the JSON leaves them out.
 _OUTPUT_FLAGS = ("checkpoint_a", "checkpoint_b", "cache", "json", "per_doc", "plot")
+# The output files and the suffix of what each holds.
+_OUTPUT_SUFFIXES = {"json": ".json", "per_doc": ".parquet", "plot": ".png"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Fail now, not after scoring: outputs that cannot be written, a plot without matplotlib.
+    for dest, suffix in _OUTPUT_SUFFIXES.items():
+        path = getattr(args, dest)
+        if path:
+            check_output_file(path, suffix=suffix, flag="--" + dest.replace("_", "-"))
     if args.plot:
-        _pyplot()  # fail now, not after scoring
+        _pyplot()
     with distributed.process_group(args.device):
         documents = read_scoring_documents(args)
         models, scores = {}, {}

@@ -33,5 +33,9 @@ class CacheError(BpbevalError):
     """A result cache cannot be read or written."""
 
 
+class OutputError(BpbevalError):
+    """An output cannot be written where it points, or its name says another format."""
+
+
 class MissingDependencyError(BpbevalError):
     """An optional extra (``bpbeval[plot]``, ``bpbeval[hf]``) is needed but not installed."""

@@ -19,7 +19,7 @@ from bpbeval.checkpoint import Checkpoint, load
 from bpbeval.cli import ArgumentParser, notice, positive_int, run
 from bpbeval.data import Document, read_documents
 from bpbeval.errors import ScoringError
-from bpbeval.files import atomic_write_text
+from bpbeval.files import atomic_write_text, check_output_file
 from bpbeval.scoring import Scores, score_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -143,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_scoring_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, suffix=".json", flag="--json")  # not after the scoring
 
     with distributed.process_group(args.device):
         checkpoint = load_checkpoint(args, args.checkpoint)

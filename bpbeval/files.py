@@ -1,4 +1,9 @@
-"""Atomic file and directory writes: a crash leaves the old content or none, never half."""
+"""Atomic file and directory writes: a crash leaves the old content or none, never half.
+
+The ``check_output_*`` functions refuse, before any work, an output that these writes
+would fail on or that is misnamed, so that a command does not score for hours and then
+find it cannot write its result.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
+
+from bpbeval.errors import OutputError
 
 
 def _umask() -> int:
@@ -102,17 +109,104 @@ def atomic_directory(path: str | os.PathLike[str], *, owns: Collection[str]) -> 
 
 
 def _check_replaceable(path: Path, owns: Collection[str]) -> None:
+    refusal = _replace_refusal(path, owns)
+    if refusal:
+        raise FileExistsError(f"{path} {refusal}")
+
+
+def _replace_refusal(path: Path, owns: Collection[str]) -> str | None:
+    # Why replacing ``path`` by a directory of ``owns`` would destroy something, if it would.
     if not path.exists():
-        return
+        return None
     if not path.is_dir():
         strangers = [path.name]
     else:
         strangers = sorted(
             p.name for p in path.iterdir() if not any(fnmatch.fnmatchcase(p.name, g) for g in owns)
         )
-    if strangers:
-        what = "is a file" if not path.is_dir() else f"holds {strangers[0]!r}"
-        raise FileExistsError(
-            f"{path} exists and {what}, which writing here would delete; "
-            "choose another directory or remove it first"
+    if not strangers:
+        return None
+    what = "is a file" if not path.is_dir() else f"holds {strangers[0]!r}"
+    return (
+        f"exists and {what}, which writing here would delete; "
+        "choose another directory or remove it first"
+    )
+
+
+def check_output_file(path: str | os.PathLike[str], *, suffix: str, flag: str) -> None:
+    """Refuse now an output file that :func:`atomic_write_bytes` could not write, or misnamed.
+
+    Args:
+        path: where the output will go.
+        suffix: the suffix of the format written (``.json``, ``.parquet``, ``.png``), in any case.
+        flag: the option naming ``path``, for the message (``--per-doc``).
+
+    Raises:
+        OutputError: ``path`` is a directory, does not end in ``suffix``, or lies where
+            nothing can be written (a read-only directory, a file in place of a directory).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> check_output_file(d / "new" / "run.json", suffix=".json", flag="--json")
+        >>> check_output_file("x.csv", suffix=".parquet", flag="--per-doc")
+        Traceback (most recent call last):
+        ...
+        bpbeval.errors.OutputError: --per-doc x.csv: writes a .parquet file; name it x.parquet
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path}: is a directory; name a file to write")
+    if path.suffix.lower() != suffix:
+        raise OutputError(
+            f"{flag} {path}: writes a {suffix} file; name it {path.with_suffix(suffix)}"
         )
+    _check_can_create_in(path.parent, flag, path)
+
+
+def check_output_directory(
+    path: str | os.PathLike[str], *, owns: Collection[str], flag: str
+) -> None:
+    """Refuse now an output directory that :func:`atomic_directory` would not write.
+
+    Args:
+        path: the directory the output will be.
+        owns: as in :func:`atomic_directory`.
+        flag: the option naming ``path``, for the message (``--out``).
+
+    Raises:
+        OutputError: ``path`` is a file or holds what ``owns`` does not match, or lies
+            where nothing can be written.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> check_output_directory(d / "tok", owns=["*.json"], flag="--out")
+        >>> _ = (d / "notes.txt").write_text("mine")
+        >>> check_output_directory(d, owns=["*.json"], flag="--out")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        bpbeval.errors.OutputError: --out ...: exists and holds 'notes.txt', which writing ...
+    """
+    path = Path(path)
+    refusal = _replace_refusal(path, owns)
+    if refusal:
+        raise OutputError(f"{flag} {path}: {refusal}")
+    _check_can_create_in(path.parent, flag, path)
+
+
+def _check_can_create_in(directory: Path, flag: str, path: Path) -> None:
+    # The atomic writes create their missing parents and a temporary sibling: what they need
+    # is to create an entry in the nearest directory that exists. Trying it is the only sure
+    # test (permissions, read-only mounts, immutable directories, root all answer the same).
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {path}: {existing} is a file, so nothing can be written in it")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".bpbeval-probe-")
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot write in {existing} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)

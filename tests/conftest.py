@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pydoc_data.topics
+import shutil
 import signal
 import subprocess
 import uuid
@@ -127,6 +128,35 @@ def documents_jsonl(tmp_path_factory: pytest.TempPathFactory, documents: list[Do
     lines = (json.dumps({"text": d.text, "domain": d.domain}) for d in documents)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def _can_write_in(directory: Path) -> bool:
+    try:
+        (directory / "probe").write_bytes(b"")
+    except OSError:
+        return False
+    (directory / "probe").unlink()
+    return True
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory nothing can be written in, by mode or, for root, as immutable."""
+    directory = tmp_path / "read_only"
+    directory.mkdir()
+    directory.chmod(0o555)
+    immutable = False
+    if _can_write_in(directory) and shutil.which("chattr"):  # root ignores modes, not this
+        chattr = subprocess.run(["chattr", "+i", str(directory)], capture_output=True)
+        immutable = chattr.returncode == 0
+    try:
+        if _can_write_in(directory):
+            pytest.skip("cannot make a directory read-only here (root without chattr)")
+        yield directory
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
 
 
 class Spawner:

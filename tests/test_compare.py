@@ -328,6 +328,35 @@ def test_a_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch, corpus, ch
     assert not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "name", "message"),
+    [
+        ("--json", "dir.json", "is a directory"),
+        ("--per-doc", "dir.parquet", "is a directory"),
+        ("--per-doc", "x.csv", "writes a .parquet file; name it"),
+        ("--plot", "x.txt", "writes a .png file; name it"),
+        ("--json", "x.parquet", "writes a .json file; name it"),
+        ("--plot", "a_file/x.png", "is a file, so nothing can be written in it"),
+        ("--per-doc", "READ_ONLY/x.parquet", "cannot write in"),
+        ("--json", "READ_ONLY/new/x.json", "cannot write in"),
+    ],
+)
+def test_a_bad_output_fails_before_any_checkpoint_is_loaded(
+    tmp_path, read_only_dir, flag, name, message
+):
+    (tmp_path / "a_file").write_text("precious")
+    for directory in ("dir.json", "dir.parquet"):
+        (tmp_path / directory).mkdir()
+    root = read_only_dir if name.startswith("READ_ONLY/") else tmp_path
+    out = str(root / name.removeprefix("READ_ONLY/"))
+    # Neither checkpoint nor the data exist: the outputs are the first thing checked.
+    missing = [str(tmp_path / "no-a"), str(tmp_path / "no-b"), "--data", str(tmp_path / "no-data")]
+    status, out_text, err = _cli([*missing, "--device", "cpu", flag, out])
+    _one_line_error(status, err, 1, f"{flag} {out}: ")
+    assert message in err and out_text == ""
+    assert os.listdir(read_only_dir) == [] and (tmp_path / "a_file").read_text() == "precious"
+
+
 def test_models_of_other_formats_and_vocabularies_share_the_bytes(
     tmp_path, corpus, checkpoints, hf_checkpoint
 ):

@@ -166,3 +166,24 @@ def test_a_readme_beside_the_data_is_skipped_and_named(
         f"skipped 1 file that is not data (.parquet, .jsonl, .txt): {data / 'README.md'}"
     ]
     assert "skipped" not in alone.err
+
+
+def test_a_bad_json_output_fails_before_the_checkpoint_is_loaded(tmp_path, read_only_dir, capsys):
+    (tmp_path / "a_file").write_text("precious")
+    (tmp_path / "dir.json").mkdir()
+    outputs = {
+        tmp_path / "dir.json": "is a directory",
+        tmp_path / "out.txt": f"writes a .json file; name it {tmp_path / 'out.json'}",
+        read_only_dir / "out.json": f"cannot write in {read_only_dir}",
+        tmp_path / "a_file" / "out.json": "is a file, so nothing can be written in it",
+    }
+    # Neither the checkpoint nor the data exist: the output is the first thing checked.
+    argv = [str(tmp_path / "no-checkpoint"), "--data", str(tmp_path / "no-data"), "--device", "cpu"]
+    for out, message in outputs.items():
+        with pytest.raises(SystemExit) as exit_info:
+            run(main, [*argv, "--json", str(out)])
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 1
+        assert stderr.startswith(f"error: --json {out}: ") and stderr.count("\n") == 1, stderr
+        assert message in stderr
+    assert (tmp_path / "a_file").read_text() == "precious"
