@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bpbeval import eval as bpbeval_eval
 from bpbeval.checkpoint import load
@@ -133,3 +135,35 @@ def test_ddp_eval_on_two_processes_equals_one(tmp_path, native_checkpoint, docum
     assert a["bytes"] == b["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
     assert a["documents"] == b["documents"] == len(texts)
     assert a["bits_per_byte"] == pytest.approx(b["bits_per_byte"], rel=1e-9)
+
+
+def test_hf_trainer_reports_exact_bpb(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from bpbeval.tokenizer import from_huggingface
+
+    run_example("hf_trainer.py", "--out", tmp_path, "--steps", "5", "--val-docs", "8")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # The same rows, scored by a plain float64 loop over the saved model.
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    hf_trainer = importlib.import_module("hf_trainer")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model", local_files_only=True)
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "model", local_files_only=True).eval()
+    texts = [json.loads(line)["text"] for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    token_bytes = from_huggingface(tokenizer).token_bytes()
+    nats, nbytes, tokens = [], 0, 0
+    with torch.no_grad():
+        for row in hf_trainer.rows(tokenizer, texts):
+            ids = row["input_ids"]
+            log_probs = model(ids[None]).logits[0, :-1].double().log_softmax(-1)
+            for position, target in enumerate(ids[1:].tolist()):
+                if token_bytes[target] > 0:
+                    nats.append(-float(log_probs[position, target]))
+                    nbytes += int(token_bytes[target])
+                    tokens += 1
+    assert metrics["eval_bytes_per_token"] == pytest.approx(nbytes / tokens, rel=1e-12)
+    expected = math.fsum(nats) / (math.log(2) * nbytes)
+    assert metrics["eval_bits_per_byte"] == pytest.approx(expected, rel=1e-6)  # float32 logits
+    assert metrics["eval_bits_per_token"] == pytest.approx(
+        metrics["eval_bits_per_byte"] * metrics["eval_bytes_per_token"], rel=1e-12
+    )
