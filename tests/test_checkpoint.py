@@ -6,13 +6,18 @@ import io
 import json
 import pathlib
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import pytest
+import sympy
 import torch
 
-from bpbeval.checkpoint import META_FILE, PROGRAM_FILE, load, save
+from bpbeval.checkpoint import META_FILE, PROGRAM_FILE, _check_program, load, save
+from bpbeval.cli import run
 from bpbeval.errors import CheckpointError
+from bpbeval.eval import main as eval_main
 
 
 def test_native_round_trip_gives_the_model_s_logits_for_any_batch_and_length(
@@ -216,3 +221,279 @@ def test_save_refuses_to_replace_a_directory_of_other_files(tmp_path, bpe_tokeni
     ids = torch.arange(10).view(1, 10) % bpe_tokenizer.vocab_size
     with torch.no_grad():
         torch.testing.assert_close(load(tmp_path / "ckpt").model(ids), other(ids))
+
+
+# Hostile programs: every field of models/model.json that torch's deserializer evaluates,
+# imports from, looks up by name or executes, each carrying code that leaves a mark.
+
+
+def rewrite_program(path: pathlib.Path, change) -> None:
+    """Apply ``change(program)`` to the JSON program inside the checkpoint's ``model.pt2``."""
+
+    def edit(name, data):
+        if name.endswith("models/model.json"):
+            program = json.loads(data)
+            change(program)
+            data = json.dumps(program).encode()
+        return [(name, data)]
+
+    rewrite_archive(path / PROGRAM_FILE, edit)
+
+
+def python(code: str) -> str:
+    """A Python expression running ``code`` under sympify, in characters srepr also writes.
+
+    sympify evaluates with the builtin functions in scope and turns numbers into Integers,
+    which ``chr`` accepts.
+    """
+    return f"exec({'+'.join(f'chr({ord(c)})' for c in code)})"
+
+
+def touch(path: pathlib.Path) -> str:
+    return f"import pathlib; pathlib.Path({str(path)!r}).touch()"
+
+
+def sym_size(program) -> dict:
+    return program["graph_module"]["graph"]["sym_int_values"]
+
+
+def symbolic_value(program, tmp_path):
+    next(iter(sym_size(program).values()))["as_expr"]["expr_str"] = python(touch(tmp_path / "ran"))
+
+
+def string_inside_a_size(program, tmp_path):
+    # sympy parses a string argument of Max as one more expression, with builtins in scope.
+    metas = program["graph_module"]["graph"]["tensor_values"].values()
+    size = next(s for m in metas for s in m["sizes"] if "as_expr" in s)
+    size["as_expr"]["expr_str"] = f"Max(Integer(1), '{python(touch(tmp_path / 'ran'))}')"
+
+
+def guards_code(program, tmp_path):
+    program["guards_code"] = [f"{python(touch(tmp_path / 'ran'))} is None"]
+
+
+def operator_from_file(program, tmp_path):
+    # aten.from_file(shared=True) maps a file into a tensor; fill_ then writes into the file.
+    graph = program["graph_module"]["graph"]
+    meta = next(iter(graph["tensor_values"].values()))
+    graph["tensor_values"]["mapped"] = {**meta, "dtype": 1, "requires_grad": False}
+    graph["tensor_values"]["mapped"]["sizes"] = [{"as_int": 4}]
+    graph["tensor_values"]["mapped"]["strides"] = [{"as_int": 1}]
+    graph["tensor_values"]["filled"] = graph["tensor_values"]["mapped"]
+    arguments = [
+        ("filename", {"as_string": str(tmp_path / "victim")}),
+        ("shared", {"as_bool": True}),
+        ("size", {"as_int": 4}),
+    ]
+    graph["nodes"][:0] = [
+        {
+            "target": "torch.ops.aten.from_file.default",
+            "inputs": [{"name": n, "arg": a, "kind": 1} for n, a in arguments],
+            "outputs": [{"as_tensor": {"name": "mapped"}}],
+            "metadata": {},
+            "name": "mapped",
+        },
+        {
+            "target": "torch.ops.aten.fill_.Scalar",
+            "inputs": [
+                {"name": "self", "arg": {"as_tensor": {"name": "mapped"}}, "kind": 1},
+                {"name": "value", "arg": {"as_int": 88}, "kind": 1},
+            ],
+            "outputs": [{"as_tensor": {"name": "filled"}}],
+            "metadata": {},
+            "name": "filled",
+        },
+    ]
+
+
+def operator_argument(program, tmp_path):
+    node = program["graph_module"]["graph"]["nodes"][0]
+    operator = {"as_operator": "torch.serialization.os.system"}
+    node["inputs"].append({"name": "command", "arg": operator, "kind": 2})
+
+
+def source_function(program, tmp_path):
+    program["graph_module"]["graph"]["nodes"][0]["metadata"]["source_fn_stack"] = (
+        "system,torch.serialization.os.system"
+    )
+
+
+def kwargs_spec(program, spec: dict) -> None:
+    """Make ``spec`` the pytree spec of the program's keyword arguments."""
+    signature = program["graph_module"]["module_call_graph"][0]["signature"]
+    protocol, in_spec = json.loads(signature["in_spec"])
+    in_spec["children_spec"][1] = {**spec, "children_spec": []}
+    signature["in_spec"] = json.dumps([protocol, in_spec])
+
+
+def importing_module(tmp_path) -> str:
+    """A module on sys.path that marks its import (the test prepends ``tmp_path``)."""
+    name = f"hostile_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(touch(tmp_path / "ran") + "\ndef f(): pass\nE = None\n")
+    return name
+
+
+def pytree_enum(program, tmp_path):
+    key = {"__enum__": True, "fqn": f"{importing_module(tmp_path)}:E", "name": "A"}
+    kwargs_spec(program, {"type": "builtins.dict", "context": json.dumps([key])})
+
+
+def pytree_defaultdict(program, tmp_path):
+    factory = {
+        "default_factory_module": importing_module(tmp_path),
+        "default_factory_name": "f",
+        "dict_context": [],
+    }
+    kwargs_spec(program, {"type": "collections.defaultdict", "context": factory})
+
+
+def verifier(program, tmp_path):
+    program["verifiers"] = []
+
+
+def parameter_name(program, tmp_path):
+    spec = program["graph_module"]["signature"]["input_specs"][0]
+    spec["parameter"]["parameter_name"] = "__class__"
+
+
+HOSTILE_FIELDS = {
+    symbolic_value: "sym_int_values",
+    string_inside_a_size: "tensor_values",
+    guards_code: "guards_code",
+    operator_from_file: "target",
+    operator_argument: "as_operator",
+    source_function: "source_fn_stack",
+    pytree_enum: "in_spec",
+    pytree_defaultdict: "in_spec",
+    verifier: "verifiers",
+    parameter_name: "parameter_name",
+}
+
+
+@pytest.fixture
+def hostile_checkpoint(native_checkpoint, tmp_path, monkeypatch):
+    """``make(change)``: a copy of the native checkpoint whose program ``change`` rewrote."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "victim").write_bytes(b"safe")
+
+    def make(change):
+        path = copy_checkpoint(native_checkpoint[0], tmp_path)
+        rewrite_program(path, lambda program: change(program, tmp_path))
+        return path
+
+    yield make
+    assert not (tmp_path / "ran").exists(), "the checkpoint ran code"
+    assert (tmp_path / "victim").read_bytes() == b"safe", "the checkpoint wrote a file"
+
+
+@pytest.mark.parametrize("change", HOSTILE_FIELDS, ids=lambda change: change.__name__)
+def test_a_program_field_torch_would_evaluate_is_refused_in_one_line(
+    change, hostile_checkpoint, documents_jsonl, capsys
+):
+    path = hostile_checkpoint(change)
+    with pytest.raises(CheckpointError, match=rf"model\.json: field \S*{HOSTILE_FIELDS[change]}"):
+        load(str(path))
+    with pytest.raises(SystemExit) as exit_info:
+        run(eval_main, [str(path), "--data", str(documents_jsonl), "--device", "cpu"])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert HOSTILE_FIELDS[change] in stderr
+
+
+def test_the_eval_command_refuses_a_hostile_program_without_running_it(
+    hostile_checkpoint, documents_jsonl, spawn
+):
+    path = hostile_checkpoint(symbolic_value)
+    argv = [sys.executable, "-m", "bpbeval.eval", str(path), "--data", str(documents_jsonl)]
+    proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and stdout == ""
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert "expr_str" in stderr and "exec" in stderr
+
+
+def test_an_archive_with_two_programs_of_one_name_is_refused(native_checkpoint, tmp_path):
+    path = copy_checkpoint(native_checkpoint[0], tmp_path)
+    program = path / PROGRAM_FILE
+
+    def second_program(name, data):
+        return [(name, data)] * (2 if name.endswith("models/model.json") else 1)
+
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        rewrite_archive(program, second_program)
+    with pytest.raises(CheckpointError, match="duplicate entries"):
+        load(str(path))
+
+
+def shape_expressions() -> list:
+    """Expressions of the kinds torch's shape environment builds, in sympy and torch functions."""
+    from torch.utils._sympy import functions as f
+
+    s0 = sympy.Symbol("s0", positive=True, integer=True)
+    s1 = sympy.Symbol("s1", nonnegative=True, integer=True)
+    u0 = sympy.Symbol("u0", integer=True)
+    z = sympy.Symbol("zf0", real=True)
+    return [
+        s0,
+        2 * s0 * s1 + 1,
+        -s0 + 3,
+        sympy.Rational(1, 2) * s0,
+        s0**2,
+        sympy.Max(s0, 2),
+        sympy.Min(s1, u0),
+        f.FloorDiv(s0, 4),
+        f.Mod(s0, 3),
+        f.PythonMod(u0, 5),
+        f.CeilDiv(s0, 8),
+        f.ModularIndexing(s0, 1, 4),
+        f.CeilToInt(f.FloatTrueDiv(f.ToFloat(s0), 2.5)),
+        f.TruncToInt(z),
+        f.IntTrueDiv(s0, s1),
+        sympy.Eq(s0, 4),
+        sympy.Ne(s1, 0),
+        sympy.And(sympy.Lt(s0, 5), sympy.Ge(s1, 2), sympy.Not(sympy.Le(u0, 0))),
+        sympy.Or(sympy.Gt(s0, 1), sympy.true),
+        f.Where(sympy.Lt(s0, 3), s0, 3),
+        sympy.oo,
+        -sympy.oo,
+    ]
+
+
+@pytest.mark.parametrize("expression", shape_expressions(), ids=str)
+def test_every_shape_expression_torch_writes_is_admitted(expression):
+    from torch.utils._sympy import functions
+
+    written = sympy.srepr(expression)  # what torch's serializer writes (_print_sympy)
+    _check_program({"expr_str": written}, "model.json")
+    # Read back as torch's reader does: sympify, with torch's functions in scope.
+    scope = {
+        name: value
+        for name, value in vars(functions).items()
+        if isinstance(value, type) and issubclass(value, sympy.Basic) and name not in ("Max", "Min")
+    }
+    assert sympy.sympify(written, locals=scope) == expression
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Symbol('s0').__class__",
+        "Integer(1) + Integer(2)",
+        "(lambda: Integer(1))()",
+        "[Integer(i) for i in (1, 2)][0]",
+        "Symbol('s0', integer=True)[0]",
+        "__builtins__",
+        "Symbol('__class__')",
+        "Symbol('s0', evaluate=False)",
+        "Max(Integer(1), 's0')",
+        "Function('f')(Symbol('s0'))",
+        "Integer(1)\nInteger(2)",
+        "Integer(1) # comment",
+        "Float('1.5', precision=53, flags=1)",
+        "Symbol(chr(115))",
+    ],
+)
+def test_anything_else_in_an_expression_is_refused(text):
+    with pytest.raises(CheckpointError, match="expr_str"):
+        _check_program({"expr_str": text}, "model.json")
