@@ -246,31 +246,55 @@ def test_json_is_identical_on_two_ranks(tmp_path, corpus, checkpoints, reference
         assert [f.read_bytes().count(b"\n") for f in files] == [N_DOCS // 2, N_DOCS // 2]
 
 
+# Runs bpbeval.compare with the cache's put wrapped: after the given number of documents
+# is recorded, the run writes a marker and waits to be killed. The kill then lands at a
+# known point, whatever the machine's speed.
+PAUSE_AFTER_PUTS = """
+import pathlib, runpy, sys, time
+from bpbeval.cache import ResultCache
+
+marker, pause_after = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+put, puts = ResultCache.put, []
+
+def put_then_pause(self, document, score):
+    put(self, document, score)
+    puts.append(document.id)
+    if len(puts) == pause_after:
+        marker.write_text("paused")
+        time.sleep(600)
+
+ResultCache.put = put_then_pause
+sys.argv = ["bpbeval.compare", *sys.argv[3:]]
+runpy.run_module("bpbeval.compare", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_a_killed_run_resumes_to_identical_json(tmp_path, corpus, checkpoints, reference, spawn):
-    cache, out_json = tmp_path / "cache", tmp_path / "resumed.json"
+    cache, out_json, marker = tmp_path / "cache", tmp_path / "resumed.json", tmp_path / "paused"
     argv = _args(corpus, *checkpoints, "--json", str(out_json), "--cache", str(cache))
-    proc = _subprocess(spawn, [*argv, "--batch-size", "1"])  # slower, so that the kill lands midway
+    done = N_DOCS + 5  # all of A's documents and 5 of B's
+    command = [sys.executable, "-c", PAUSE_AFTER_PUTS, str(marker), str(done), *argv]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = spawn(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300  # only bounds a hang: the kill waits for the marker
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
 
     def cached() -> int:
         return sum(f.read_bytes().count(b"\n") for f in cache.rglob("*.jsonl"))
 
-    deadline = time.monotonic() + 300
-    while cached() < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    done = cached()
-    assert 3 <= done < 2 * N_DOCS and not out_json.exists()
+    assert cached() == done and not out_json.exists()
 
     status, _, err = _cli(argv)
     assert status == 0, err
     assert out_json.read_bytes() == reference["json"]
     # Over both runs every document was scored once: none of the first run's again.
     assert cached() == 2 * N_DOCS
-    counts = _scored_and_reused(err)
-    assert sum(r for _, r in counts) == done and sum(s for s, _ in counts) == 2 * N_DOCS - done
+    assert _scored_and_reused(err) == [(0, N_DOCS), (N_DOCS - 5, 5)]
 
 
 def test_changed_settings_score_everything_anew(tmp_path, corpus, checkpoints, reference):
