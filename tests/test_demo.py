@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pydoc_data.topics
@@ -39,17 +40,35 @@ TINY = Settings(
 )
 
 
+def artefact_files(root) -> dict[str, tuple[int, str]]:
+    """(mtime in ns, SHA-256) of every file of the reusable stages and their stamps."""
+    return {
+        str(path.relative_to(root)): (
+            path.stat().st_mtime_ns,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
+        for stage in ("data", "tokenizers", "models", "stamps")
+        for path in sorted((root / stage).rglob("*"))
+        if path.is_file()
+    }
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The demo run twice with the same tiny settings; gives (directory, outputs, logs)."""
+    """The demo run twice with the same tiny settings; gives (directory, outputs, logs, files).
+
+    ``files`` holds :func:`artefact_files` after each run.
+    """
     out = tmp_path_factory.mktemp("demo") / "runs"
-    logs = [[], []]
-    outputs = [run(out, TINY, log=lines.append) for lines in logs]
-    return out, outputs, logs
+    logs, outputs, files = [[], []], [], []
+    for lines in logs:
+        outputs.append(run(out, TINY, log=lines.append))
+        files.append(artefact_files(out))
+    return out, outputs, logs, files
 
 
 def test_checkpoints_load_with_their_tokenizers(demo):
-    out, outputs, _ = demo
+    out, outputs, *_ = demo
     for name, vocab_size in (("byte-level", 256 + 9), ("bpe-300", 300)):
         ckpt = load(str(outputs[0].checkpoints[name]))
         tokenizer = Tokenizer.load(out / "tokenizers" / name)
@@ -59,7 +78,7 @@ def test_checkpoints_load_with_their_tokenizers(demo):
 
 
 def test_compare_json_is_consistent_with_the_val_text(demo):
-    _, outputs, _ = demo
+    _, outputs, *_ = demo
     result = json.loads(outputs[0].json.read_text())
     # The val documents' UTF-8 bytes, read straight from the shard.
     texts = pq.read_table(outputs[0].data.val).column("text").to_pylist()
@@ -78,12 +97,17 @@ def test_compare_json_is_consistent_with_the_val_text(demo):
 
 
 def test_second_run_reuses_everything(demo):
-    _, outputs, logs = demo
+    _, outputs, logs, files = demo
     built = [line for line in logs[0] if ": building " in line]
     reused = [line for line in logs[1] if ": reusing " in line]
     assert len(built) == len(reused) == 5  # data, two tokenizers, two models
     assert not any(": building " in line for line in logs[1])
     assert outputs[0] == outputs[1]
+    # Reused means untouched: every file of every stage, and its stamp, has the same bytes
+    # and was not even rewritten.
+    assert files[0] == files[1]
+    kinds = {name.split("/")[0] for name in files[0]}
+    assert kinds == {"data", "tokenizers", "models", "stamps"}
 
 
 def test_changed_settings_rebuild_only_what_depends_on_them(demo, tmp_path):
@@ -115,7 +139,7 @@ def test_a_damaged_artefact_is_rebuilt(demo, tmp_path):
 
 
 def test_corpus_layout(demo):
-    _, outputs, _ = demo
+    _, outputs, *_ = demo
     splits = outputs[0].data
     shards = sorted(splits.val.parent.glob("*.parquet"))
     assert [p.name for p in shards] == [f"shard_{i:05d}.parquet" for i in range(len(shards))]
