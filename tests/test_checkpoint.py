@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -497,3 +499,147 @@ def test_every_shape_expression_torch_writes_is_admitted(expression):
 def test_anything_else_in_an_expression_is_refused(text):
     with pytest.raises(CheckpointError, match="expr_str"):
         _check_program({"expr_str": text}, "model.json")
+
+
+# Identities cover everything a model computes with.
+
+
+class ScaledLM(torch.nn.Module):
+    """A tiny LM whose logits depend on a non-persistent buffer, as a rotary table's do."""
+
+    def __init__(self, vocab_size: int, scale: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab_size, 8)
+        self.head = torch.nn.Linear(8, vocab_size)
+        self.register_buffer("scale", torch.full((8,), scale), persistent=False)
+        self.config = type("Config", (), {"context_len": 16})()
+
+    def forward(self, ids):
+        hidden = (self.embed(ids) * self.scale).flatten(0, 1)  # sizes B*T: a product of symbols
+        return self.head(hidden).view(*ids.shape, -1)
+
+
+def test_native_identity_covers_non_persistent_buffers(bpe_tokenizer, tmp_path):
+    ids = torch.arange(12).view(2, 6)
+    loaded = []
+    for scale in (1.0, 2.0):
+        model = ScaledLM(bpe_tokenizer.vocab_size, scale).eval()
+        save(tmp_path / str(scale), model, bpe_tokenizer, 16)
+        loaded.append(load(str(tmp_path / str(scale))))
+        with torch.no_grad():
+            torch.testing.assert_close(loaded[-1].model(ids), model(ids))
+    with torch.no_grad():
+        assert not torch.equal(loaded[0].model(ids), loaded[1].model(ids))
+    assert loaded[0].identity != loaded[1].identity
+
+
+def test_huggingface_identity_covers_every_tokenizer_file(hf_checkpoint, tmp_path):
+    path, _ = hf_checkpoint
+    changed = tmp_path / "changed"
+    shutil.copytree(path, changed)
+    config = json.loads((changed / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 7
+    (changed / "tokenizer_config.json").write_text(json.dumps(config))
+    assert load(str(changed)).identity != load(str(path)).identity
+
+
+BUFFER_LOADER = """
+import torch
+from bpbeval.tokenizer import train
+
+class Scaled(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(265, 4)
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+
+    def forward(self, ids):
+        return self.embed(ids) * self.scale
+
+def load(spec):
+    return Scaled(float(spec)), train([], vocab_size=265), 8
+"""
+
+
+def test_custom_identity_covers_non_persistent_buffers(tmp_path, monkeypatch):
+    (tmp_path / "buffer_loader.py").write_text(BUFFER_LOADER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    one, two = (load(scale, loader="buffer_loader:load") for scale in ("1.0", "2.0"))
+    assert one.model.state_dict().keys() == two.model.state_dict().keys() == {"embed.weight"}
+    assert one.identity != two.identity
+    assert load("1.0", loader="buffer_loader:load").identity == one.identity
+
+
+# Devices.
+
+
+def test_a_native_checkpoint_moves_to_another_device(native_checkpoint, bpe_tokenizer):
+    # The meta device runs on any machine and takes the path every non-CPU device takes.
+    checkpoint = load(str(native_checkpoint[0]), device="meta")
+    logits = checkpoint.model(torch.zeros(2, 5, dtype=torch.long, device="meta"))
+    assert (logits.device.type, logits.shape) == ("meta", (2, 5, bpe_tokenizer.vocab_size))
+    assert checkpoint.identity == load(str(native_checkpoint[0])).identity
+
+
+# One line where a traceback was.
+
+
+def test_a_context_longer_than_the_program_takes_is_refused_at_load(native_checkpoint, tmp_path):
+    path = copy_checkpoint(native_checkpoint[0], tmp_path)
+    meta = json.loads((path / META_FILE).read_text())
+    meta["context_len"] = 2 * meta["context_len"]
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"context_len 32, but model\.pt2 takes only 1 to 16"):
+        load(str(path))
+
+
+def test_huggingface_weights_in_a_pickle_are_refused(
+    hf_checkpoint, tmp_path, documents_jsonl, capsys
+):
+    path, model = hf_checkpoint
+    pickled = tmp_path / "pickled"
+    shutil.copytree(path, pickled, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # the legacy weights file
+    with pytest.raises(CheckpointError, match=r"only pytorch_model\.bin, a pickle.*safetensors"):
+        load(str(pickled))
+    with pytest.raises(SystemExit) as exit_info:
+        run(eval_main, [str(pickled), "--data", str(documents_jsonl), "--device", "cpu"])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1 and stderr.count("\n") == 1 and "safetensors" in stderr
+
+
+FULL_DISK = """
+import resource, signal, sys
+import torch
+from bpbeval.checkpoint import save
+from bpbeval.gpt import GPT, GPTConfig
+from bpbeval.tokenizer import Tokenizer
+
+tokenizer = Tokenizer.load(sys.argv[1] + "/tokenizer")
+torch.manual_seed(1)
+model = GPT(GPTConfig(tokenizer.vocab_size, context_len=16, n_layer=1, n_head=2, n_embd=32))
+# Files may grow to 16 kB, the tokenizer's but not the program's: a disk full mid-save.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+try:
+    save(sys.argv[1], model, tokenizer, 16)
+except OSError as e:
+    print(type(e).__name__, e.errno)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE semantics")
+def test_save_on_a_full_disk_raises_and_keeps_the_old_checkpoint(native_checkpoint, tmp_path):
+    path = copy_checkpoint(native_checkpoint[0], tmp_path)
+    before = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]  # was 134: torch's writer aborted
+    assert proc.stdout.split() == ["OSError", str(errno.EFBIG)]
+    assert [p.name for p in tmp_path.iterdir()] == ["copy"]  # no temporary left behind
+    after = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    assert after == before
