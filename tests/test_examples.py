@@ -42,25 +42,53 @@ def run_example(*args: str | Path, **env: str) -> str:
     return done.stdout
 
 
+def first_batch_bpb(vocab_size: int, context: int, n_embd: int, batch_size: int) -> float:
+    """The bpb train_loop.py logs after one step, recomputed: its model as initialised, on
+    its first batch (the same seed, the same draws), in eager mode and float64."""
+    import torch.nn.functional as F
+
+    from bpbeval.demo.train import token_stream
+    from bpbeval.gpt import GPT, GPTConfig
+    from bpbeval.tokenizer import train
+
+    torch.manual_seed(0)
+    topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+    tokenizer = train([t for i, t in enumerate(topics) if i % 10], vocab_size)
+    ids = token_stream(tokenizer, [t for i, t in enumerate(topics) if i % 10])
+    model = GPT(GPTConfig(tokenizer.vocab_size, context, n_layer=2, n_head=2, n_embd=n_embd))
+    starts = torch.randint(len(ids) - context, (batch_size,)).tolist()
+    x = torch.stack([ids[i : i + context] for i in starts])
+    y = torch.stack([ids[i + 1 : i + context + 1] for i in starts]).flatten()
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(x).flatten(0, 1).double(), dim=-1)
+    nbytes = tokenizer.token_bytes()[y]
+    scored = nbytes > 0  # the bos tokens between documents are not text
+    nats = math.fsum((-logprobs[torch.arange(len(y)), y])[scored].tolist())
+    return nats / (math.log(2) * int(nbytes.sum()))
+
+
 def test_train_loop_with_torch_compile(tmp_path):
     out = tmp_path / "train.json"
     run_example(
-        "train_loop.py", "--steps", "20", "--eval-every", "10", "--backend", "aot_eager",
+        "train_loop.py", "--steps", "20", "--eval-every", "1", "--backend", "aot_eager",
         "--context", "32", "--n-embd", "16", "--vocab-size", "300", "--json", out,
     )  # fmt: skip
     result = json.loads(out.read_text())
     topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
     val_bytes = sum(len(t.encode("utf-8")) for t in topics[::10])
-    assert [e["step"] for e in result["history"]] == [10, 20]
-    for entry in result["history"]:
+    history = result["history"]
+    assert [e["step"] for e in history] == list(range(1, 21))
+    for entry in history:
         assert entry["val_bytes"] == val_bytes
         assert entry["val_bpb"] * math.log(2) * val_bytes == pytest.approx(entry["val_nats"])
         assert entry["val_bpb"] * entry["val_bytes_per_token"] == pytest.approx(
             entry["val_bits_per_token"]
         )
-        # Trained, it predicts better than a uniform guess over the vocabulary.
-        assert entry["val_bits_per_token"] < math.log2(result["vocab_size"])
-        assert 0 < entry["train_bpb"] < 8 * math.log2(result["vocab_size"])
+    # The first step's training bpb is the untrained model's on the first batch.
+    assert history[0]["train_bpb"] == pytest.approx(first_batch_bpb(300, 32, 16, 8), rel=1e-5)
+    # Trained, it predicts better than a uniform guess over the vocabulary, and than itself.
+    assert history[-1]["val_bits_per_token"] < math.log2(result["vocab_size"])
+    assert history[-1]["val_bpb"] < history[0]["val_bpb"]
 
 
 def _nanochat_count(encoding_bytes: bytes) -> int:
@@ -166,4 +194,22 @@ def test_hf_trainer_reports_exact_bpb(tmp_path, monkeypatch):
     assert metrics["eval_bits_per_byte"] == pytest.approx(expected, rel=1e-6)  # float32 logits
     assert metrics["eval_bits_per_token"] == pytest.approx(
         metrics["eval_bits_per_byte"] * metrics["eval_bytes_per_token"], rel=1e-12
+    )
+
+
+def test_nanochat_bpb_with_the_exact_table(tmp_path):
+    from bpbeval.tokenizer import load_nanochat
+
+    out, figures = tmp_path / "tokenizer", tmp_path / "bpb.json"
+    stdout = run_example("nanochat_bpb.py", "--out", out, "--steps", "5", "--docs", "200",
+                         "--vocab-size", "400", "--context", "64", "--json", figures)  # fmt: skip
+    table = torch.load(out / "token_bytes.pt", weights_only=True)
+    assert table.dtype == torch.int32
+    assert torch.equal(table, load_nanochat(out).token_bytes())
+    assert "token_bytes.pt: 128 of 400 entries rewritten" in stdout  # the 128 bytes 0x80-0xff
+    decoded, exact = (json.loads(figures.read_text())[k] for k in ("decoded", "exact"))
+    # The same nats over different byte counts: the decoded table counts lone bytes as 3.
+    assert decoded["bytes"] > exact["bytes"]
+    assert decoded["bits_per_byte"] * decoded["bytes"] == pytest.approx(
+        exact["bits_per_byte"] * exact["bytes"], rel=1e-12
     )
