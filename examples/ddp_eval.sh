@@ -8,7 +8,12 @@
 #   NPROC=4 examples/ddp_eval.sh CKPT --data PATH... --json out.json
 #
 # Everything after the script's name goes to `python -m bpbeval.eval`. PYTHON picks the
-# interpreter (default: python), NPROC the number of processes (default: 2).
+# interpreter (default: the checkout's .venv/bin/python, which `make` creates, else python3),
+# NPROC the number of processes (default: 2).
 set -euo pipefail
-exec "${PYTHON:-python}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC:-2}" \
+venv_python="$(dirname "$0")/../.venv/bin/python"
+if [[ -z "${PYTHON:-}" && -x "$venv_python" ]]; then
+    PYTHON="$venv_python"
+fi
+exec "${PYTHON:-python3}" -m torch.distributed.run --standalone --nproc_per_node "${NPROC:-2}" \
     -m bpbeval.eval "$@"
