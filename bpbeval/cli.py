@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+import torch
+
 from bpbeval.errors import BpbevalError
 
 
@@ -40,6 +42,32 @@ def int_at_least(low: int) -> Callable[[str], int]:
 positive_int = int_at_least(1)
 
 
+def torch_device(text: str) -> str:
+    """An argparse ``type`` for a device this machine has (``cpu``, ``cuda:1``, ``meta``, ...).
+
+    Example:
+        >>> torch_device("cpu")
+        'cpu'
+    """
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps, meta, ...)"
+        ) from None
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if hasattr(backend, "is_available") and not backend.is_available():
+        raise argparse.ArgumentTypeError(
+            f"this machine has no {device.type} device usable by torch {torch.__version__}"
+        )
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise argparse.ArgumentTypeError(
+            f"there is no {text}: this machine has {count()} {device.type} device(s)"
+        )
+    return text
+
+
 def notice(message: str) -> None:
     """Tell the user something on stderr, one line, without stopping (not an error)."""
     print(message, file=sys.stderr)
@@ -52,8 +80,9 @@ def run(
 
     ``BpbevalError`` and ``OSError`` (a missing file, a full disk) are user errors:
     they print ``error: <message>`` to stderr, with no traceback, on one line even
-    where the message quotes a multi-line one from a library. Anything else is a bug
-    in bpbeval and keeps its traceback.
+    where the message quotes a multi-line one from a library. A panic in a Rust
+    extension also prints one line and exits 1. Anything else is a bug in bpbeval and
+    keeps its traceback.
     """
     try:
         code = main(argv)
@@ -63,4 +92,19 @@ def run(
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BaseException as e:
+        if not _is_rust_panic(e):
+            raise
+        print(
+            f"error: a Rust extension (tiktoken, rustbpe, tokenizers) panicked: "
+            f"{' '.join(str(e).split())}; this is a bug in it, not in the input's format",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     sys.exit(code or 0)
+
+
+def _is_rust_panic(error: BaseException) -> bool:
+    # pyo3 raises panics as pyo3_runtime.PanicException, a BaseException (so that ``except
+    # Exception`` does not swallow them) in a module nobody can import: match it by name.
+    return type(error).__name__ == "PanicException" and type(error).__module__ == "pyo3_runtime"

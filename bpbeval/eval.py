@@ -16,7 +16,7 @@ import torch
 
 from bpbeval import distributed
 from bpbeval.checkpoint import Checkpoint, load
-from bpbeval.cli import ArgumentParser, notice, positive_int, run
+from bpbeval.cli import ArgumentParser, notice, positive_int, run, torch_device
 from bpbeval.data import Document, read_documents
 from bpbeval.errors import ScoringError
 from bpbeval.files import atomic_write_text, check_output_file
@@ -57,7 +57,9 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument(
         "--batch-size", type=positive_int, default=8, help="windows per forward pass"
     )
-    scoring.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    scoring.add_argument(
+        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     scoring.add_argument("--dtype", choices=sorted(DTYPES), help="cast the model's weights")
     scoring.add_argument(
         "--loader",
