@@ -3,15 +3,17 @@
     python benchmarks/gpu_check.py [--repeats 50] [--tokens 16384]
 
 Runs ``update`` under ``torch.cuda.set_sync_debug_mode("error")``, which turns any
-host-device synchronisation into an exception, then measures update speed and
-the per-token loss memory (``torch.cuda.max_memory_allocated``, bf16 inputs) with
-the functions of ``bench_metric.py``. Takes a minute or two. Without a CUDA
-device it prints ``skipped: no CUDA device`` and exits 0.
+host-device synchronisation into an exception; saves a GPT that lives on the GPU as a
+native checkpoint and checks that it loads on the GPU with the CPU's logits; then
+measures update speed and the per-token loss memory (``torch.cuda.max_memory_allocated``,
+bf16 inputs) with the functions of ``bench_metric.py``. Takes a minute or two. Without
+a CUDA device it prints ``skipped: no CUDA device`` and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 import torch
 from bench_metric import (
@@ -27,6 +29,9 @@ from bench_metric import (
 )
 
 from bpbeval import BitsPerByte
+from bpbeval.checkpoint import load, save
+from bpbeval.gpt import GPT, GPTConfig
+from bpbeval.tokenizer import train
 
 
 def check_no_sync(device: torch.device) -> None:
@@ -48,6 +53,24 @@ def check_no_sync(device: torch.device) -> None:
     got, want = metric.compute().item(), on_cpu.compute().item()
     assert abs(got - want) <= 1e-12 * abs(want), (got, want)
     print(f"update: 10 calls without a host-device sync; bpb {got:.12f} equals the CPU's")
+
+
+def check_native_checkpoint(device: torch.device) -> None:
+    tokenizer = train([], vocab_size=265)  # byte-level: nothing to train
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(tokenizer.vocab_size, context_len=32, n_embd=64)).to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        save(f"{tmp}/ckpt", model, tokenizer, 32)  # exported where the model lives, saved on CPU
+        on_cpu, on_device = load(f"{tmp}/ckpt"), load(f"{tmp}/ckpt", device=device)
+    ids = torch.randint(tokenizer.vocab_size, (3, 17), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = on_cpu.model(ids), on_device.model(ids.to(device))
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(ids.to(device)), got, rtol=1e-5, atol=1e-5)
+    assert got.device.type == device.type, got.device
+    assert on_cpu.identity == on_device.identity
+    error = (got.cpu() - want).abs().max().item()
+    print(f"native checkpoint: saved from {device}, loaded on it, logits within {error:.1e} of CPU")
 
 
 def loss_memory(device: torch.device, n: int, repeats: int) -> dict[str, tuple[int, float]]:
@@ -78,6 +101,7 @@ def main() -> None:
     device = torch.device("cuda")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
     check_no_sync(device)
+    check_native_checkpoint(device)
     print(f"update speed ({B * T} tokens per update):")
     print_speeds(update_speeds(device, args.repeats, torch.cuda.synchronize))
     print(f"per-token loss memory (N={args.tokens}, bf16):")
