@@ -57,6 +57,7 @@ def test_logged_val_bpb_equals_a_plain_loop(tmp_path, monkeypatch):
     assert module.val_bpb.tokens == 0  # Lightning reset it after logging
 
 
+@pytest.mark.slow
 def test_val_bpb_on_two_ddp_processes_equals_a_plain_loop(tmp_path, spawn):
     settings = ["--steps", "0", "--context", "48", "--vocab-size", "300", "--batch-size", "1"]
     out = tmp_path / "ddp.json"
