@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import torch
 
-from bpbeval.errors import BpbevalError
+from bpbeval.errors import BpbevalError, is_rust_panic
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -93,7 +93,7 @@ def run(
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except BaseException as e:
-        if not _is_rust_panic(e):
+        if not is_rust_panic(e):
             raise
         print(
             f"error: a Rust extension (tiktoken, rustbpe, tokenizers) panicked: "
@@ -102,9 +102,3 @@ def run(
         )
         sys.exit(1)
     sys.exit(code or 0)
-
-
-def _is_rust_panic(error: BaseException) -> bool:
-    # pyo3 raises panics as pyo3_runtime.PanicException, a BaseException (so that ``except
-    # Exception`` does not swallow them) in a module nobody can import: match it by name.
-    return type(error).__name__ == "PanicException" and type(error).__module__ == "pyo3_runtime"

@@ -39,3 +39,17 @@ class OutputError(BpbevalError):
 
 class MissingDependencyError(BpbevalError):
     """An optional extra (``bpbeval[plot]``, ``bpbeval[hf]``) is needed but not installed."""
+
+
+def is_rust_panic(error: BaseException) -> bool:
+    """Whether ``error`` is a panic in a Rust extension (tiktoken, rustbpe, tokenizers).
+
+    pyo3 raises panics as ``pyo3_runtime.PanicException``, a ``BaseException`` (so that
+    ``except Exception`` does not swallow them) in a module nobody can import: it is matched
+    by name.
+
+    Example:
+        >>> is_rust_panic(ValueError("not a panic"))
+        False
+    """
+    return type(error).__name__ == "PanicException" and type(error).__module__ == "pyo3_runtime"

@@ -9,17 +9,26 @@ A saved tokenizer is a directory of three plain files:
 
 The tokenizer's identity is ``hash``: a SHA-256 over the pattern, the special tokens, the
 bos id and the SHA-256 of the ranks file. Checkpoints record it; ``load`` verifies it.
+
+Whitespace runs of a million characters overflow the regex engine of tiktoken and rustbpe
+(fancy_regex). Under the patterns this module knows, such a run is encoded whole, as the one
+piece the pattern makes of it, and the rest of the text around it (see ``_split_long_runs``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -28,7 +37,7 @@ import rustbpe
 import tiktoken
 import torch
 
-from bpbeval.errors import TokenizerError
+from bpbeval.errors import TokenizerError, is_rust_panic
 from bpbeval.files import atomic_directory
 
 # GPT-4's split pattern with \p{N}{1,2} instead of \p{N}{1,3}, as nanochat uses: fewer number
@@ -36,6 +45,27 @@ from bpbeval.files import atomic_directory
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# tiktoken's patterns (tiktoken_ext/openai_public.py); gpt2, r50k_base and p50k_base share one.
+_R50K_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
 )
 # The first one is the bos token; the rest are nanochat's chat tokens, kept so that token ids
 # line up with nanochat's.
@@ -140,6 +170,113 @@ def _encoding(
         raise TokenizerError(f"{where} is corrupt: {e}") from None
 
 
+# Long whitespace runs. fancy_regex, the regex engine of tiktoken and rustbpe, keeps one
+# backtracking entry per character that \s+(?!\S) takes and fails at 1,000,000 entries, which
+# tiktoken and rustbpe turn into a panic: a run of a million spaces crashes the encoder. Such a
+# run is one piece of the pre-tokenization, so it is encoded as one piece (BPE without the
+# regex), and the text on either side by the regex.
+#
+# Why the cuts are exact, for the patterns below. Let H be a maximal run of whitespace (for the
+# GPT-4 family, of whitespace other than \r and \n), N >= 2 characters long, followed by a
+# non-whitespace character or the end of the text; H starts at s and ends at e.
+# - s is a piece boundary. Before s comes a non-whitespace character, the start of the text,
+#   or (GPT-4 family) \r or \n. No branch carries a non-whitespace character into whitespace
+#   after it, except punctuation into [\r\n]* (H has no \r\n). A newline just before s ends a
+#   \s*[\r\n] piece there (greedy \s* backtracks to the last newline of the run), or the
+#   [\r\n]* of a punctuation piece; the branches tried before it need a letter, digit or
+#   punctuation mark within the run. And the regex carries nothing across s: the patterns
+#   have no lookbehind and no anchor but $, so matching from s does not depend on the text
+#   before it, and what ends at s ends in a non-whitespace character or a newline, so neither
+#   (?!\S) nor $ at the cut changes a piece (where \s++$ now fires at a newline, it takes the
+#   same piece \s*[\r\n] took).
+# - From s, every branch before the whitespace ones needs a non-whitespace character within the
+#   first two, \s++$ and \s*[\r\n] fail (a non-whitespace character follows H, not a newline),
+#   and greedy \s+(?!\S) backtracks one character: the piece is H without its last character,
+#   which joins what follows (a word, for the GPT-4 family's [^\r\n\p{L}\p{N}]?+\p{L}+). At the
+#   end of the text the piece is all of H; patterns with \s++$ take that without overflowing,
+#   and there s may not be a boundary (cl100k's \s++$ joins a newline before H to it), so those
+#   runs are left alone.
+# - A run of the GPT-4 family's H followed by \r or \n is taken by \s*[\r\n], which fancy_regex
+#   hands to the regex crate (no backtracking stack; measured to 2,000,000 characters): not cut.
+#   (r50k's runs hold \r and \n, so they are never followed by one.)
+@dataclass(frozen=True)
+class _OnePieceRuns:
+    chars: str  # the characters of a run H, as a regex class
+    at_end: bool  # whether a run that ends the text is cut too
+
+
+# The regex crate's \s (Unicode White_Space); Python's \s also takes \x1c-\x1f.
+_HORIZONTAL_SPACE = r"\t\x0b\x0c \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_GPT4_RUNS = _OnePieceRuns(f"[{_HORIZONTAL_SPACE}]", at_end=True)
+_ONE_PIECE_RUNS = {
+    SPLIT_PATTERN: _GPT4_RUNS,
+    _O200K_PATTERN: _GPT4_RUNS,
+    _CL100K_PATTERN: _OnePieceRuns(f"[{_HORIZONTAL_SPACE}]", at_end=False),
+    _R50K_PATTERN: _OnePieceRuns(rf"[\r\n{_HORIZONTAL_SPACE}]", at_end=False),
+}
+# Runs this long are cut out: a quarter of the engine's limit. Any length from 2 up is exact.
+_LONG_RUN = 1 << 18
+
+
+def _split_long_runs(text: str, pattern: str, min_run: int = _LONG_RUN) -> list[tuple[str, bool]]:
+    """``text`` as ``(segment, is_one_piece)`` pairs, cut around whitespace runs of ``min_run``
+    (at least 2) or more characters where ``pattern`` is one whose pieces are known (see above).
+
+    The segments concatenate to ``text``. A one-piece segment is a single piece of the
+    pre-tokenization; each other one pre-tokenizes, on its own, as it does inside ``text``.
+    """
+    runs = _ONE_PIECE_RUNS.get(pattern)
+    if runs is None or len(text) < min_run:
+        return [(text, False)]
+    # A run of min_run characters holds min_run // 2 of them from a multiple of min_run // 2:
+    # probing there skips the scan of a whole long text (a tenth of its encoding time).
+    step = min_run // 2
+    probe = re.compile(f"{runs.chars}{{{step}}}")
+    if not any(probe.match(text, i) for i in range(0, len(text), step)):
+        return [(text, False)]
+    segments, start = [], 0
+    for run in re.finditer(f"{runs.chars}{{{min_run},}}", text):
+        s, e = run.span()
+        if e < len(text):
+            if text[e] in "\r\n":
+                continue
+            e -= 1
+        elif not runs.at_end:
+            continue
+        segments += [(text[start:s], False), (text[s:e], True)]
+        start = e
+    segments.append((text[start:], False))
+    return [segment for segment in segments if segment[0]]
+
+
+def _encode_ordinary(encoding: tiktoken.Encoding, text: str, min_run: int = _LONG_RUN) -> list[int]:
+    """``encoding.encode_ordinary(text)``, with long whitespace runs encoded as one piece."""
+    with _rust_panics_as_errors(f"encoding a text of {len(text):,} characters"):
+        ids = [
+            encoding._encode_single_piece(segment)  # BPE of one piece, without the regex
+            if one_piece
+            else encoding.encode_ordinary(segment)
+            for segment, one_piece in _split_long_runs(text, encoding._pat_str, min_run)
+        ]
+    return ids[0] if len(ids) == 1 else list(itertools.chain.from_iterable(ids))
+
+
+@contextlib.contextmanager
+def _rust_panics_as_errors(what: str) -> Iterator[None]:
+    """Turn a panic in tiktoken or rustbpe into a ``TokenizerError`` saying ``what`` failed."""
+    try:
+        yield
+    except BaseException as e:
+        if not is_rust_panic(e):
+            raise
+        raise TokenizerError(
+            f"{what} failed in the tokenizer's Rust code ({e}); a whitespace run of about a "
+            "million characters overflows its regex, and bpbeval encodes such runs whole "
+            "only under the split patterns it knows (its own; tiktoken's r50k/p50k, cl100k, "
+            "o200k): shorten the run, or use one of those"
+        ) from None
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer run by ``tiktoken``, with exact ``token_bytes``.
 
@@ -183,12 +320,18 @@ class Tokenizer:
         return dict(sorted(ids.items(), key=lambda item: item[1]))
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; special-token strings in it are encoded as plain text."""
-        return self.encoding.encode_ordinary(text)
+        """Token ids of ``text``; special-token strings in it are encoded as plain text.
+
+        Raises:
+            TokenizerError: tiktoken panicked (a whitespace run of a million characters,
+                under a split pattern bpbeval does not know).
+        """
+        return _encode_ordinary(self.encoding, text)
 
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
         """Token ids of each text, encoded on ``num_threads`` threads (tiktoken drops the GIL)."""
-        return self.encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(self.encode, texts))
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``; bytes that are not valid UTF-8 become U+FFFD."""
@@ -301,6 +444,22 @@ class Tokenizer:
         return tokenizer
 
 
+def _training_texts(texts: Iterable[str], pattern: str) -> Iterator[str]:
+    """``texts`` for rustbpe, cut where the pattern splits anyway, long runs in short parts.
+
+    rustbpe takes text, not pieces, and its regex overflows on a whitespace run of a million
+    characters. A run cut out by :func:`_split_long_runs` is given in parts of at most
+    ``_LONG_RUN`` characters, each of which is one piece on its own: training counts one
+    pair fewer per cut, one in 262,144 of that run's. Encoding stays exact.
+    """
+    for text in texts:
+        for segment, one_piece in _split_long_runs(text, pattern):
+            if one_piece:
+                yield from (segment[i : i + _LONG_RUN] for i in range(0, len(segment), _LONG_RUN))
+            else:
+                yield segment
+
+
 def train(
     texts: Iterable[str],
     vocab_size: int,
@@ -337,7 +496,8 @@ def train(
         )
     bpe = rustbpe.Tokenizer()
     try:
-        bpe.train_from_iterator(iter(texts), n_ranks, pattern=pattern)
+        with _rust_panics_as_errors("training"):
+            bpe.train_from_iterator(_training_texts(texts, pattern), n_ranks, pattern=pattern)
     except ValueError as e:
         raise TokenizerError(f"cannot train: {e}") from None
     ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
