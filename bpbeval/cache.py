@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import bpbeval
 from bpbeval.errors import CacheError
 from bpbeval.files import atomic_write_text
-from bpbeval.scoring import DocumentScore
+from bpbeval.results import DocumentScore
 
 if TYPE_CHECKING:
     from bpbeval.data import Document

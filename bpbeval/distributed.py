@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -127,3 +128,77 @@ def broadcast_from_rank0(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shard_stream(items: Iterable[T]) -> Iterator[tuple[int, T]]:
+    """This rank's share of a stream with positions, lazily: every ``world_size()``-th item.
+
+    Example:
+        >>> list(shard_stream(iter("ab")))
+        [(0, 'a'), (1, 'b')]
+    """
+    here, world = rank(), world_size()
+    for index, item in enumerate(items):
+        if index % world == here:
+            yield index, item
+
+
+def _collective_device() -> torch.device:
+    # NCCL moves only CUDA tensors; gloo only CPU ones.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_arrays(arrays: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    """Each 1-D array, concatenated over ranks in rank order, on rank 0; ``None`` elsewhere.
+
+    The arrays of one rank have one length. They travel as tensors, not pickled.
+
+    Example:
+        >>> gather_arrays([np.arange(3)])
+        [array([0, 1, 2])]
+    """
+    if not dist.is_initialized():
+        return [np.array(a) for a in arrays]
+    sizes = all_gather(len(arrays[0]))
+    longest, device, root = max(sizes), _collective_device(), rank() == 0
+    out = []
+    for array in arrays:
+        mine = torch.zeros(longest, dtype=torch.from_numpy(array[:0]).dtype, device=device)
+        mine[: len(array)] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        parts = [torch.empty_like(mine) for _ in sizes] if root else None
+        dist.gather(mine, parts, dst=0)
+        if parts is not None:
+            out.append(
+                np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes, strict=True)])
+            )
+    return out if root else None
+
+
+# Items per rank per call of gather_strings: bounds what one pickled message holds.
+STRINGS_PER_CALL = 1 << 16
+
+
+def gather_strings(columns: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
+    """Each column (of one length on a rank), concatenated over ranks in rank order, on rank 0.
+
+    Pickled ``STRINGS_PER_CALL`` items at a time, never a whole rank's in one message.
+
+    Example:
+        >>> gather_strings([["a", "b"], [None, "x"]])
+        [['a', 'b'], [None, 'x']]
+    """
+    if not dist.is_initialized():
+        return [list(column) for column in columns]
+    calls = max(all_gather(-(-len(columns[0]) // STRINGS_PER_CALL)))
+    per_rank: list[list[list[Any]]] = [[[] for _ in columns] for _ in range(world_size())]
+    for call in range(calls):
+        piece = slice(call * STRINGS_PER_CALL, (call + 1) * STRINGS_PER_CALL)
+        parts = gather_to_rank0([list(column[piece]) for column in columns])
+        for source, part in zip(per_rank, parts or [], strict=False):
+            for into, items in zip(source, part, strict=True):
+                into += items
+    if rank() != 0:
+        return None
+    return [[item for source in per_rank for item in source[c]] for c in range(len(columns))]

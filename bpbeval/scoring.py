@@ -1,26 +1,42 @@
-"""Score documents: every byte exactly once, the same answer for any batch or world size.
+"""Score documents: every byte exactly once, the same answer for any batching or world size.
 
 Each document is encoded without special tokens and scored after the prefix
 token (BOS, else EOS), which is itself never scored. A document longer than the
 context is scored in rolling windows (:func:`rolling_windows`): each window scores
 the next ``stride`` tokens with as much preceding context as fits.
 
+The engine streams, in stages, so memory does not grow with the corpus:
+
+- **read**: this rank's documents (every ``world_size``-th), pulled lazily;
+- **encode**: in a background thread, a bounded queue ahead of the model (tiktoken
+  releases the GIL), one :class:`_Record` per document;
+- **window**: each record's rolling windows;
+- **batch**: windows of one padded length, up to ``batch_tokens`` positions per
+  forward pass, formed from a look-ahead buffer of at most ``lookahead_tokens``;
+- **forward**: the model and the per-token nats of the scored positions, on the device;
+- **reduce**: per-window float64 sums stay on the device and come to the host in one
+  copy when documents finish (batched: never a sync per forward pass), then each
+  document's nats are summed in window order.
+
 Determinism. Logits of the same window differ in the last float32 bits when the
 padded length of its batch changes, so each window's padded length is a function
-of its own length only (:func:`padded_length`) and
-batches hold windows of one padded length. Per-token nats are then the same for
-any batch size and bucket order; each document's nats are summed in float64 and
-the totals with ``math.fsum``, which is exactly rounded and so independent of the
-order documents come back from the ranks.
+of its own length only (:func:`padded_length`) and batches hold windows of one
+padded length. A window's nats are then the same for any token budget, row cap,
+look-ahead and document order; a document's are summed over its windows in their
+order, and the totals with ``math.fsum``, which is exactly rounded and so
+independent of the order documents come back from the ranks.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+import queue
+import threading
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -30,8 +46,10 @@ from bpbeval import distributed
 from bpbeval.checkpoint import Checkpoint
 from bpbeval.data import Document
 from bpbeval.errors import CheckpointError, DataError, ScoringError
-from bpbeval.losses import token_nats
+from bpbeval.losses import DEFAULT_CHUNK_SIZE, token_nats
 from bpbeval.metric import BitsPerByte
+from bpbeval.results import DocumentScore, DocumentScores, Scores
+from bpbeval.tokenizer import TextTokenizer
 
 # Windows are right-padded to a multiple of this many positions (or the context).
 PAD_MULTIPLE = 32
@@ -41,56 +59,18 @@ IGNORE = -100
 # The causality probe checks at most this many cut points, this many sequences per forward pass.
 PROBE_CUTS = 16
 PROBE_BATCH = 4
+# Positions per forward pass (see benchmarks/RESULTS.md, "Corpus scale", for the measurement).
+DEFAULT_BATCH_TOKENS = 8192
+# Windows waiting to be batched, in positions, as a multiple of the token budget: enough
+# that most batches are full, bounded whatever the corpus.
+LOOKAHEAD_BATCHES = 16
+# The encoder works on chunks of about this many UTF-8 bytes, and runs this many ahead.
+ENCODE_CHUNK_BYTES = 1 << 20
+ENCODE_AHEAD = 4
+# Finished documents' nats come to the host at most once per this many forward passes.
+SYNC_EVERY = 32
 
-
-@dataclass(frozen=True)
-class DocumentScore:
-    """One document's sums: nats over its scored tokens, its UTF-8 bytes, its tokens."""
-
-    id: str
-    domain: str | None
-    nats: float
-    bytes: int
-    tokens: int
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else math.nan
-
-
-@dataclass(frozen=True)
-class Scores:
-    """The result of :func:`score_documents`.
-
-    Rank 0 holds every document in input order; other ranks hold an empty list
-    and the same totals.
-
-    Attributes:
-        documents: per-document sums, in input order.
-        nats: total nats (``math.fsum`` of the documents').
-        bytes: total UTF-8 bytes scored.
-        tokens: total tokens scored.
-        bytes_from_text: True when the tokenizer was not byte-conservative on some
-            document and ``allow_inexact_bytes`` made its text's bytes the denominator.
-    """
-
-    documents: list[DocumentScore]
-    nats: float
-    bytes: int
-    tokens: int
-    bytes_from_text: bool
-
-    @property
-    def bits_per_byte(self) -> float:
-        return _ratio(self.nats, math.log(2) * self.bytes)
-
-    @property
-    def bits_per_token(self) -> float:
-        return _ratio(self.nats, math.log(2) * self.tokens)
-
-    @property
-    def bytes_per_token(self) -> float:
-        return _ratio(self.bytes, self.tokens)
+T = TypeVar("T")
 
 
 class ScoreCache(Protocol):
@@ -226,36 +206,66 @@ def _check_lengths(
     return context_len, stride
 
 
+@dataclass(eq=False)
+class _Record:
+    """One document on its way through the engine."""
+
+    index: int  # position in the input
+    document: Document
+    seq: np.ndarray | None  # int32: the prefix token, then the document's tokens
+    bytes: int  # the denominator: its tokens' bytes (or its text's, when allowed and inexact)
+    tokens: int  # tokens scored (those of more than 0 bytes)
+    inexact: tuple[int, int] | None  # (bytes of its tokens, bytes of its text) when they differ
+    cached: DocumentScore | None
+    windows_left: int = 0
+    window_nats: list[float] = field(default_factory=list)
+
+
+class _Row(NamedTuple):
+    record: _Record
+    number: int  # the window's place in its document
+    window: Window
+
+
 def score_documents(
     checkpoint: Checkpoint,
-    documents: Sequence[Document],
+    documents: Iterable[Document],
     *,
     stride: int | None = None,
     context_len: int | None = None,
-    batch_size: int = 8,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_size: int | None = None,
+    lookahead_tokens: int | None = None,
     device: str | torch.device = "cpu",
     allow_inexact_bytes: bool = False,
     cache: ScoreCache | None = None,
     progress: bool = True,
+    progress_bytes: int | None = None,
 ) -> Scores:
     """Score every byte of every document once, on this process or across ``torchrun`` ranks.
 
     Args:
         checkpoint: the model and its tokenizer (:func:`bpbeval.checkpoint.load`).
-        documents: all documents; under a process group each rank takes every
-            ``world_size``-th one, and every rank must pass the same list.
+        documents: all documents, streamed once; under a process group each rank
+            takes every ``world_size``-th one, and every rank must pass the same stream.
         stride: tokens scored per window after the first; default half the context.
         context_len: tokens per window, at most the model's; default the model's.
-        batch_size: windows per forward pass.
+        batch_tokens: padded positions per forward pass (a window longer than this
+            still goes alone).
+        batch_size: at most this many windows per forward pass; default no cap.
+        lookahead_tokens: positions of windows waiting to be batched; default
+            ``LOOKAHEAD_BATCHES`` token budgets. Changes speed, never a result.
         device: where inputs go (the model is already there).
         allow_inexact_bytes: when the tokens' bytes differ from a document's UTF-8
             bytes, divide by the text's bytes instead of stopping.
         cache: per-document results to reuse and fill.
         progress: show a progress bar on rank 0.
+        progress_bytes: the corpus's UTF-8 bytes, if known up front (the bar's total).
 
     Raises:
-        ScoringError: bad lengths, a non-causal model, or a tokenizer that is not
-            byte-conservative on a document (without ``allow_inexact_bytes``).
+        ScoringError: bad lengths or batch sizes, a non-causal model, or a tokenizer
+            that is not byte-conservative on a document (without ``allow_inexact_bytes``).
+        DataError: no documents.
 
     Example:
         >>> from bpbeval.checkpoint import Checkpoint
@@ -269,42 +279,85 @@ def score_documents(
         (13, 13, True)
     """
     context_len, stride = _check_lengths(checkpoint, context_len, stride)
-    if batch_size < 1:
-        raise ScoringError(f"batch size must be at least 1, got {batch_size}")
-    if not documents:
-        raise DataError("no documents to score")
+    for name, value in (("batch tokens", batch_tokens), ("batch size", batch_size)):
+        if value is not None and value < 1:
+            raise ScoringError(f"{name} must be at least 1, got {value}")
+    lookahead = LOOKAHEAD_BATCHES * batch_tokens if lookahead_tokens is None else lookahead_tokens
     device = torch.device(device)
     check_causal(checkpoint, context_len=context_len, device=device)
 
     tokenizer = checkpoint.tokenizer
     token_bytes = tokenizer.token_bytes().numpy().astype(np.int64)
-    mine = distributed.shard(documents)
-    results: dict[int, DocumentScore] = {}
-    for index, document in mine:
-        hit = cache.get(document) if cache is not None else None
-        if hit is not None:
-            results[index] = hit
+    metric = BitsPerByte(tokenizer.token_bytes(device), validate_args=False)
+    results = _Results()
+    bar = _Progress(progress and distributed.rank() == 0, progress_bytes)
+    inexact: tuple[int, str, int, int] | None = None  # this rank's first, by input position
 
-    # Cached documents are encoded too, so that the byte check (and so ``bytes_from_text``)
-    # is the same on a resumed run as on an uninterrupted one.
-    all_encoded = tokenizer.encode_batch([document.text for _, document in mine])
-    all_doc_bytes = [int(token_bytes[ids].sum()) for ids in all_encoded]
-    all_text_bytes = [len(document.text.encode("utf-8")) for _, document in mine]
-    inexact = next(
-        (
-            (index, document.id, all_doc_bytes[i], all_text_bytes[i])
-            for i, (index, document) in enumerate(mine)
-            if all_doc_bytes[i] != all_text_bytes[i]
+    def finished(record: _Record) -> None:
+        score = record.cached
+        if score is None:
+            nats = 0.0
+            for value in record.window_nats:  # in window order: the same sum for any batching
+                nats += value
+            score = DocumentScore(
+                record.document.id, record.document.domain, nats, record.bytes, record.tokens
+            )
+            if cache is not None:
+                cache.put(record.document, score)
+        results.add(record.index, score, fresh=record.cached is None)
+        bar.finished(record)
+
+    def first_inexact(record: _Record) -> None:
+        nonlocal inexact
+        assert record.inexact is not None
+        found = (record.index, record.document.id, *record.inexact)
+        inexact = found if inexact is None else min(inexact, found)
+
+    def exact_so_far(records: Iterable[_Record]) -> Iterator[_Record]:
+        for record in records:
+            if record.inexact is not None:
+                first_inexact(record)
+                if not allow_inexact_bytes:
+                    return  # stop reading; the run fails once every rank is done
+            yield record
+
+    encoded = _Ahead(
+        _encode(
+            distributed.shard_stream(documents),
+            tokenizer,
+            token_bytes,
+            cache,
+            text_bytes=allow_inexact_bytes,
         ),
-        None,
+        ENCODE_AHEAD,
     )
-    unscored = [i for i, (index, _) in enumerate(mine) if index not in results]
-    todo = [mine[i] for i in unscored]
-    encoded = [np.asarray(all_encoded[i], dtype=np.int64) for i in unscored]
-    # Targets are the tokens with 0-byte ids (specials) ignored, as BitsPerByte ignores them.
-    targets = [np.where(token_bytes[ids] > 0, ids, IGNORE) for ids in encoded]
-    doc_bytes = [all_doc_bytes[i] for i in unscored]
-    text_bytes = [all_text_bytes[i] for i in unscored]
+    reducer = _Reducer(finished)
+    try:
+        batches = _batches(
+            exact_so_far(record for chunk in encoded for record in chunk),
+            context_len=context_len,
+            stride=stride,
+            budget=batch_tokens,
+            max_rows=batch_size,
+            lookahead=lookahead,
+            on_windowless=finished,
+        )
+        for length, rows in batches:
+            window_nats = _forward(
+                checkpoint.model,
+                rows,
+                length,
+                bos=tokenizer.bos_id,
+                token_bytes=token_bytes,
+                device=device,
+                metric=metric,
+            )
+            reducer.add(window_nats, rows)
+            bar.scored(sum(end - start for _, _, (_, start, end) in rows))
+        reducer.flush()
+    finally:
+        encoded.close()
+        bar.close()
     found = [problem for problem in distributed.all_gather(inexact) if problem is not None]
     if found and not allow_inexact_bytes:
         _, doc_id, from_tokens, from_text = min(found)
@@ -314,137 +367,366 @@ def score_documents(
             f"{from_tokens - from_text:+d}); pass --allow-inexact-bytes (allow_inexact_bytes=True) "
             "to divide by the text's bytes"
         )
-
-    metric = BitsPerByte(tokenizer.token_bytes(device), validate_args=False)
-    show = progress and distributed.rank() == 0
-
-    def finished(position: int, nats: float) -> None:
-        index, document = todo[position]
-        score = DocumentScore(
-            document.id,
-            document.domain,
-            nats,
-            text_bytes[position] if allow_inexact_bytes else doc_bytes[position],
-            int((targets[position] >= 0).sum()),
-        )
-        results[index] = score
-        if cache is not None:
-            cache.put(document, score)
-
-    nats = _score(
-        checkpoint,
-        encoded,
-        targets,
-        context_len=context_len,
-        stride=stride,
-        batch_size=batch_size,
-        device=device,
-        metric=metric,
-        on_finished=finished if cache is not None else None,
-        show=show,
-    )
-    for position, value in enumerate(nats.tolist()):
-        if todo[position][0] not in results:
-            finished(position, value)
-    checked = metric.compute_all()  # synchronises the freshly scored totals across ranks
-    fresh = {index for index, _ in todo}
-    gathered = distributed.gather_to_rank0([(i, s, i in fresh) for i, s in results.items()])
-    totals = None
-    if gathered is not None:
-        ordered = sorted(item for part in gathered for item in part)
-        fresh_scores = [score for _, score, new in ordered if new]
-        _check_metric(checked.nats.item(), checked.tokens.item(), fresh_scores)
-        docs = [score for _, score, _ in ordered]
-        totals = (
-            math.fsum(s.nats for s in docs),
-            sum(s.bytes for s in docs),
-            sum(s.tokens for s in docs),
-        )
-    nats_total, bytes_total, tokens_total = distributed.broadcast_from_rank0(totals)
-    return Scores(
-        docs if gathered is not None else [],
-        nats_total,
-        bytes_total,
-        tokens_total,
-        bytes_from_text=bool(found),
-    )
+    return _gather(results, metric, bytes_from_text=bool(found))
 
 
-def _check_metric(nats: float, tokens: int, fresh: list[DocumentScore]) -> None:
-    """The metric's synced totals must agree with the per-document sums of the same tokens."""
-    doc_nats, doc_tokens = math.fsum(s.nats for s in fresh), sum(s.tokens for s in fresh)
-    if tokens != doc_tokens or abs(nats - doc_nats) > 1e-9 * max(1.0, doc_nats):
-        raise RuntimeError(
-            f"bpbeval bug: BitsPerByte counted {nats} nats over {tokens} tokens but the documents "
-            f"add up to {doc_nats} over {doc_tokens}"
-        )
+# ---- encode -------------------------------------------------------------------------------
 
 
-def _score(
-    checkpoint: Checkpoint,
-    encoded: list[np.ndarray],
-    targets: list[np.ndarray],
+def _chunks(documents: Iterable[tuple[int, Document]]) -> Iterator[list[tuple[int, Document]]]:
+    chunk: list[tuple[int, Document]] = []
+    size = 0
+    for item in documents:
+        chunk.append(item)
+        size += len(item[1].text)
+        if size >= ENCODE_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encode(
+    documents: Iterable[tuple[int, Document]],
+    tokenizer: TextTokenizer,
+    token_bytes: np.ndarray,
+    cache: ScoreCache | None,
+    *,
+    text_bytes: bool,
+) -> Iterator[list[_Record]]:
+    """Records of documents, a chunk at a time. Cached documents are encoded too, so that
+    the byte check (and so ``bytes_from_text``) is the same on a resumed run."""
+    for chunk in _chunks(documents):
+        encoded = tokenizer.encode_batch([document.text for _, document in chunk])
+        records = []
+        for (index, document), ids in zip(chunk, encoded, strict=True):
+            ids = np.asarray(ids, dtype=np.int64)
+            sizes = token_bytes[ids]
+            from_tokens, from_text = int(sizes.sum()), len(document.text.encode("utf-8"))
+            cached = cache.get(document) if cache is not None else None
+            seq = None
+            if cached is None:
+                seq = np.empty(len(ids) + 1, dtype=np.int32)
+                seq[0], seq[1:] = tokenizer.bos_id, ids
+            records.append(
+                _Record(
+                    index,
+                    document,
+                    seq,
+                    from_text if text_bytes else from_tokens,
+                    int(np.count_nonzero(sizes)),
+                    None if from_tokens == from_text else (from_tokens, from_text),
+                    cached,
+                )
+            )
+        yield records
+
+
+class _Ahead(Generic[T]):
+    """Runs an iterator in a background thread, at most ``depth`` items ahead of the caller.
+
+    An exception in the thread is raised in the caller; ``close`` stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator[T], depth: int) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as e:  # re-raised in the caller
+            self._put(_Failed(e))
+            return
+        self._put(self._END)
+
+    def __iter__(self) -> _Ahead[T]:
+        return self
+
+    def __next__(self) -> T:
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(self._END)  # a later next() ends too
+            raise StopIteration
+        if isinstance(item, _Failed):
+            raise item.error
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+# ---- window and batch ---------------------------------------------------------------------
+
+
+def _batches(
+    records: Iterable[_Record],
     *,
     context_len: int,
     stride: int,
-    batch_size: int,
+    budget: int,
+    max_rows: int | None,
+    lookahead: int,
+    on_windowless: Callable[[_Record], None],
+) -> Iterator[tuple[int, list[_Row]]]:
+    """``(padded length, rows)`` batches of at most ``budget`` positions (and ``max_rows``).
+
+    Windows wait in one queue per padded length; a full batch leaves as soon as it is
+    full, and when more than ``lookahead`` positions wait, the fullest queue leaves as a
+    partial batch. What leaves together never changes a window's nats.
+    """
+    waiting: dict[int, deque[_Row]] = {}
+    buffered = 0
+
+    def rows_per_batch(length: int) -> int:
+        rows = max(1, budget // length)
+        return rows if max_rows is None else min(rows, max_rows)
+
+    def take(length: int) -> tuple[int, list[_Row]]:
+        nonlocal buffered
+        rows = waiting[length]
+        batch = [rows.popleft() for _ in range(min(len(rows), rows_per_batch(length)))]
+        if not rows:
+            del waiting[length]
+        buffered -= length * len(batch)
+        return length, batch
+
+    for record in records:
+        if record.seq is None:
+            on_windowless(record)
+            continue
+        windows = rolling_windows(len(record.seq) - 1, context_len=context_len, stride=stride)
+        if not windows:
+            on_windowless(record)
+            continue
+        record.windows_left = len(windows)
+        record.window_nats = [0.0] * len(windows)
+        for number, window in enumerate(windows):
+            length = padded_length(window.end - window.begin, context_len)
+            waiting.setdefault(length, deque()).append(_Row(record, number, window))
+            buffered += length
+            if len(waiting[length]) >= rows_per_batch(length):
+                yield take(length)
+        while buffered > lookahead:
+            yield take(max(waiting, key=lambda n: n * len(waiting[n])))
+    for length in sorted(waiting, reverse=True):
+        while length in waiting:
+            yield take(length)
+
+
+# ---- forward ------------------------------------------------------------------------------
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()  # so that the copy is asynchronous
+    return tensor.to(device, non_blocking=True)
+
+
+def _forward(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    rows: list[_Row],
+    length: int,
+    *,
+    bos: int,
+    token_bytes: np.ndarray,
     device: torch.device,
     metric: BitsPerByte,
-    on_finished: Callable[[int, float], None] | None,
-    show: bool,
 ) -> torch.Tensor:
-    """Float64 nats per document, from windows batched by padded length (longest first)."""
-    bos = checkpoint.tokenizer.bos_id
-    buckets: dict[int, list[tuple[int, Window]]] = defaultdict(list)
-    remaining = [0] * len(targets)
-    for position, ids in enumerate(encoded):
-        for window in rolling_windows(len(ids), context_len=context_len, stride=stride):
-            buckets[padded_length(window.end - window.begin, context_len)].append(
-                (position, window)
-            )
-            remaining[position] += 1
-    inputs = [np.concatenate(([bos], ids)) for ids in encoded]
-    nats = torch.zeros(len(targets), dtype=torch.float64, device=device)
-    bar = tqdm(
-        total=sum(int((ids >= 0).sum()) for ids in targets),
-        unit="tok",
-        unit_scale=True,
-        disable=not show or not targets,  # nothing to score: every document came from a cache
-        desc="scoring",
-        dynamic_ncols=True,
+    """Float64 nats of each row's scored tokens, on the device (no sync)."""
+    ids = np.full((len(rows), length), bos, dtype=np.int64)  # padding: never scored
+    target = np.full((len(rows), length), IGNORE, dtype=np.int64)
+    for row, (record, _, (begin, start, end)) in enumerate(rows):
+        assert record.seq is not None
+        ids[row, : end - begin] = record.seq[begin:end]
+        target[row, start - begin : end - begin] = record.seq[start + 1 : end + 1]
+    # Tokens of 0 bytes (specials) are not scored, as BitsPerByte does not score them.
+    target[(target >= 0) & (token_bytes[np.maximum(target, 0)] == 0)] = IGNORE
+    positions = np.flatnonzero(target >= 0)
+    target_t = _to_device(target, device)
+    positions_t = _to_device(positions, device)
+    token = torch.zeros(target.size, dtype=torch.float32, device=device)
+    with torch.inference_mode():
+        logits = model(_to_device(ids, device))
+        flat_logits = logits.reshape(-1, logits.shape[-1])
+        flat_target = target_t.view(-1)
+        # Losses of the scored positions only: with the default stride that halves the
+        # softmax work. Chunks bound the float32 upcast of the logits (token_nats's rule).
+        for first in range(0, len(positions), DEFAULT_CHUNK_SIZE):
+            chunk = positions_t[first : first + DEFAULT_CHUNK_SIZE]
+            token[chunk] = token_nats(flat_logits[chunk], flat_target[chunk])
+    token = token.view(target.shape)
+    metric.update(token, target_t)
+    return token.sum(dim=1, dtype=torch.float64)
+
+
+# ---- reduce -------------------------------------------------------------------------------
+
+
+class _Reducer:
+    """Per-window nats, kept on the device until documents finish; then one copy to the host.
+
+    Not a sync per forward pass: finished documents wait for ``SYNC_EVERY`` passes.
+    """
+
+    def __init__(self, finished: Callable[[_Record], None]) -> None:
+        self._finished = finished
+        self._sums: list[torch.Tensor] = []
+        self._rows: list[_Row] = []
+        self._done: list[_Record] = []
+
+    def add(self, window_nats: torch.Tensor, rows: list[_Row]) -> None:
+        self._sums.append(window_nats)
+        self._rows += rows
+        for row in rows:
+            row.record.windows_left -= 1
+            if row.record.windows_left == 0:
+                row.record.seq = None  # every window is batched: free the tokens now
+                self._done.append(row.record)
+        if self._done and len(self._sums) >= SYNC_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._sums:
+            values = torch.cat(self._sums).tolist()  # the one host-device sync
+            for (record, number, _), value in zip(self._rows, values, strict=True):
+                record.window_nats[number] = value
+        done = self._done
+        self._sums, self._rows, self._done = [], [], []
+        for record in done:
+            self._finished(record)
+
+
+# ---- results ------------------------------------------------------------------------------
+
+
+class _Results:
+    """This rank's per-document results as growing columns (no object per document)."""
+
+    def __init__(self) -> None:
+        self.index = array("q")
+        self.nats = array("d")
+        self.bytes = array("q")
+        self.tokens = array("q")
+        self.fresh = array("b")
+        self.ids: list[str] = []
+        self.domains: list[str | None] = []
+        self._labels: dict[str, str] = {}  # one string object per domain, however many documents
+
+    def add(self, index: int, score: DocumentScore, *, fresh: bool) -> None:
+        self.index.append(index)
+        self.nats.append(score.nats)
+        self.bytes.append(score.bytes)
+        self.tokens.append(score.tokens)
+        self.fresh.append(fresh)
+        self.ids.append(score.id)
+        domain = score.domain
+        self.domains.append(None if domain is None else self._labels.setdefault(domain, domain))
+
+
+def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) -> Scores:
+    """Every rank's results on rank 0 in input order, the totals on every rank."""
+    checked = metric.compute_all()  # synchronises the freshly scored totals across ranks
+    numbers = distributed.gather_arrays(
+        [
+            np.frombuffer(results.index, dtype=np.int64),
+            np.frombuffer(results.nats, dtype=np.float64),
+            np.frombuffer(results.bytes, dtype=np.int64),
+            np.frombuffer(results.tokens, dtype=np.int64),
+            np.frombuffer(results.fresh, dtype=np.int8),
+        ]
     )
-    done = sum(count == 0 for count in remaining)
-    for length in sorted(buckets, reverse=True):
-        windows = buckets[length]
-        for first in range(0, len(windows), batch_size):
-            batch = windows[first : first + batch_size]
-            ids = np.full((len(batch), length), bos, dtype=np.int64)
-            target = np.full((len(batch), length), IGNORE, dtype=np.int64)
-            for row, (position, (begin, start, end)) in enumerate(batch):
-                ids[row, : end - begin] = inputs[position][begin:end]
-                target[row, start - begin : end - begin] = targets[position][start:end]
-            target_t = torch.from_numpy(target).to(device, non_blocking=True)
-            token = torch.zeros(target_t.shape, dtype=torch.float32, device=device)
-            with torch.inference_mode():
-                logits = checkpoint.model(torch.from_numpy(ids).to(device, non_blocking=True))
-                # Losses of the scored positions only: a contiguous slice of each row. With
-                # the default stride that halves the softmax work, and changes no value.
-                for row, (_, (begin, start, end)) in enumerate(batch):
-                    scored = slice(start - begin, end - begin)
-                    token[row, scored] = token_nats(logits[row, scored], target_t[row, scored])
-            metric.update(token, target_t)
-            rows = torch.tensor([position for position, _ in batch], device=device)
-            nats.index_add_(0, rows, token.sum(dim=1, dtype=torch.float64))
-            finished = []
-            for position, _ in batch:
-                remaining[position] -= 1
-                if remaining[position] == 0:
-                    finished.append(position)
-            done += len(finished)
-            if on_finished is not None and finished:
-                for position, value in zip(finished, nats[finished].tolist(), strict=True):
-                    on_finished(position, value)
-            bar.update(int((target >= 0).sum()))
-            bar.set_postfix_str(f"docs {done}/{len(targets)}", refresh=False)
-    bar.close()
-    return nats
+    labels = distributed.gather_strings([results.ids, results.domains])
+    totals = None
+    if numbers is not None and labels is not None:
+        index, nats, n_bytes, tokens, fresh = numbers
+        order = np.argsort(index, kind="stable")
+        ids, domains = (np.array(column, dtype=object)[order] for column in labels)
+        documents = DocumentScores(
+            ids.astype(np.dtypes.StringDType()),
+            domains,
+            nats[order],
+            n_bytes[order],
+            tokens[order],
+        )
+        fresh = fresh.astype(bool)
+        _check_metric(checked.nats.item(), checked.tokens.item(), nats[fresh], tokens[fresh])
+        totals = (math.fsum(nats), int(n_bytes.sum()), int(tokens.sum()), len(index))
+    nats_total, bytes_total, tokens_total, count = distributed.broadcast_from_rank0(totals)
+    if count == 0:
+        raise DataError("no documents to score")
+    return Scores(
+        documents if numbers is not None else DocumentScores.from_rows([]),
+        nats_total,
+        bytes_total,
+        tokens_total,
+        bytes_from_text=bytes_from_text,
+    )
+
+
+def _check_metric(nats: float, tokens: int, doc_nats: np.ndarray, doc_tokens: np.ndarray) -> None:
+    """The metric's synced totals must agree with the per-document sums of the same tokens."""
+    doc_sum, token_sum = math.fsum(doc_nats), int(doc_tokens.sum())
+    if tokens != token_sum or abs(nats - doc_sum) > 1e-9 * max(1.0, doc_sum):
+        raise RuntimeError(
+            f"bpbeval bug: BitsPerByte counted {nats} nats over {tokens} tokens but the documents "
+            f"add up to {doc_sum} over {token_sum}"
+        )
+
+
+# ---- progress -----------------------------------------------------------------------------
+
+
+class _Progress:
+    """One bar over the UTF-8 bytes of finished documents, with tokens/s and documents done.
+
+    Under ``torchrun`` rank 0 shows its own share: the total is divided by the world size.
+    """
+
+    def __init__(self, show: bool, total_bytes: int | None) -> None:
+        self._show = show
+        total = None if total_bytes is None else -(-total_bytes // distributed.world_size())
+        self._bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            disable=not show,
+            desc="scoring",
+            dynamic_ncols=True,
+        )
+        self._documents = self._tokens = 0
+
+    def scored(self, tokens: int) -> None:
+        self._tokens += tokens
+
+    def finished(self, record: _Record) -> None:
+        if not self._show:
+            return
+        self._documents += 1
+        rate = self._tokens / max(1e-9, self._bar.format_dict["elapsed"])
+        self._bar.set_postfix_str(f"{rate:,.0f} tok/s, docs {self._documents:,}", refresh=False)
+        self._bar.update(len(record.document.text.encode("utf-8")))
+
+    def close(self) -> None:
+        self._bar.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pydoc_data.topics
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from bpbeval.checkpoint import Checkpoint, load
 from bpbeval.data import Document
-from bpbeval.errors import CheckpointError, ScoringError
+from bpbeval.errors import CheckpointError, DataError, ScoringError
 from bpbeval.scoring import DocumentScore, rolling_windows, score_documents
 
 
@@ -291,3 +292,93 @@ def test_a_cache_is_filled_then_reused(byte_level, documents):
     fresh = score_documents(checkpoint, documents, progress=False)
     assert both.documents[:5] == first.documents
     assert both.bits_per_byte == pytest.approx(fresh.bits_per_byte, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def mixed_documents(documents):
+    """Short and long documents: windows of several padded lengths, documents of many windows."""
+    topics = sorted(pydoc_data.topics.topics.values())[20:23]
+    long = [Document(f"long{i}", text[:3000]) for i, text in enumerate(topics)]
+    return [*documents, *long]
+
+
+def per_document(scores):
+    return {s.id: (s.nats, s.bytes, s.tokens) for s in scores.documents}
+
+
+def test_nats_are_bit_identical_for_any_token_budget_row_cap_lookahead_and_order(
+    byte_level, mixed_documents
+):
+    checkpoint, _ = byte_level
+    reference = score_documents(checkpoint, mixed_documents, stride=5, progress=False)
+    shuffled = mixed_documents[::-1][1::2] + mixed_documents[::-1][0::2]
+    for options, docs in [
+        ({"batch_tokens": 1}, mixed_documents),  # one window per forward pass
+        ({"batch_tokens": 40}, mixed_documents),
+        ({"batch_tokens": 100_000}, mixed_documents),  # every window of a length at once
+        ({"batch_tokens": 100_000, "batch_size": 3}, mixed_documents),
+        ({"batch_tokens": 64, "lookahead_tokens": 0}, mixed_documents),  # no look-ahead
+        ({"batch_tokens": 64, "lookahead_tokens": 10**9}, mixed_documents),  # the whole corpus
+        ({"batch_tokens": 200}, shuffled),
+    ]:
+        scores = score_documents(checkpoint, docs, stride=5, progress=False, **options)
+        assert per_document(scores) == per_document(reference), options  # exact, not approx
+        assert [s.id for s in scores.documents] == [d.id for d in docs]
+        assert scores.nats == reference.nats  # fsum: exactly rounded, in any order
+
+
+def test_documents_are_streamed_and_the_encoder_stays_ahead_by_a_bounded_amount(
+    byte_level, mixed_documents, monkeypatch
+):
+    """A generator is read once, lazily: the encoder never runs more than its queue ahead."""
+    import bpbeval.scoring as scoring
+
+    checkpoint, _ = byte_level
+    monkeypatch.setattr(scoring, "ENCODE_CHUNK_BYTES", 1)  # one document per chunk
+    monkeypatch.setattr(scoring, "SYNC_EVERY", 1)
+    read, lead = [], []
+    done = 0
+
+    class Counting:
+        def get(self, document):
+            return None
+
+        def put(self, document, score):
+            nonlocal done
+            done += 1
+            lead.append(len(read) - done)
+
+    def stream():
+        for document in mixed_documents:
+            read.append(document.id)
+            yield document
+
+    scores = score_documents(
+        checkpoint, stream(), stride=5, batch_tokens=16, lookahead_tokens=0, cache=Counting(),
+        progress=False,
+    )  # fmt: skip
+    assert read == [d.id for d in mixed_documents]  # each once, in order
+    assert len(scores.documents) == len(mixed_documents)
+    # Read ahead of the scored: the queue, the chunk being encoded, the one being put, and
+    # the documents whose windows are in flight; never the corpus.
+    assert max(lead) <= scoring.ENCODE_AHEAD + 4 < len(mixed_documents)
+
+
+def test_an_error_in_the_reader_is_raised_and_stops_the_encoder(byte_level, documents):
+    checkpoint, _ = byte_level
+
+    def broken():
+        yield documents[0]
+        raise DataError("row 1 is corrupt")
+
+    with pytest.raises(DataError, match="row 1 is corrupt"):
+        score_documents(checkpoint, broken(), progress=False)
+    with pytest.raises(DataError, match="no documents"):
+        score_documents(checkpoint, [], progress=False)
+
+
+def test_batch_options_are_checked(byte_level, documents):
+    checkpoint, _ = byte_level
+    for options in ({"batch_tokens": 0}, {"batch_size": 0}):
+        with pytest.raises(ScoringError, match="at least 1"):
+            score_documents(checkpoint, documents, progress=False, **options)

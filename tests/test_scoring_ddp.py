@@ -47,6 +47,54 @@ def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path, spawn):
         assert (result["documents"], result["tokens"]) == (len(documents), reference.tokens)
 
 
+PER_DOCUMENT = """
+import json, sys
+from bpbeval import distributed
+from bpbeval.checkpoint import load
+from bpbeval.data import read_documents
+from bpbeval.scoring import score_documents
+
+checkpoint, data, budget, out = sys.argv[1:]
+with distributed.process_group("cpu"):
+    scores = score_documents(
+        load(checkpoint), read_documents(data), stride=5, batch_tokens=int(budget), progress=False
+    )
+    if distributed.rank() == 0:
+        rows = [[s.id, s.domain, s.nats.hex(), s.bytes, s.tokens] for s in scores.documents]
+        with open(out, "w") as f:
+            json.dump({"documents": rows, "nats": scores.nats.hex()}, f)
+"""
+
+
+@pytest.mark.slow
+def test_per_document_nats_are_bit_identical_at_world_sizes_2_and_3(
+    native_checkpoint, documents_jsonl, tmp_path, spawn
+):
+    """Streamed documents, sharded, gathered as arrays: exactly one process's figures."""
+    checkpoint_path = str(native_checkpoint[0])
+    script = tmp_path / "per_document.py"
+    script.write_text(PER_DOCUMENT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launches = {}
+    for world, budget in ((2, 50), (3, 4096)):
+        argv = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={world}", str(script), checkpoint_path, str(documents_jsonl),
+            str(budget), str(tmp_path / f"world{world}.json"),
+        ]  # fmt: skip
+        launches[world] = spawn(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    outputs = {world: process.communicate(timeout=300) for world, process in launches.items()}
+
+    documents = list(read_documents(documents_jsonl))
+    reference = score_documents(load(checkpoint_path), documents, stride=5, progress=False)
+    expected = [[s.id, s.domain, s.nats.hex(), s.bytes, s.tokens] for s in reference.documents]
+    for world, (_, stderr) in outputs.items():
+        assert launches[world].returncode == 0, stderr
+        result = json.loads((tmp_path / f"world{world}.json").read_text())
+        assert result["documents"] == expected  # every document once, in order, to the bit
+        assert result["nats"] == reference.nats.hex()
+
+
 LAUNCHER = """
 import subprocess, sys, time
 # Like torchrun: the worker gets a session of its own, out of reach of a kill of ours.
