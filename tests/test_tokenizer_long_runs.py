@@ -19,8 +19,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import bpbeval.tokenizer.core as core
+from bpbeval.checkpoint import Checkpoint
 from bpbeval.cli import run
+from bpbeval.data import Document
 from bpbeval.errors import TokenizerError
+from bpbeval.scoring import score_documents
 from bpbeval.tokenizer import Tokenizer, from_tiktoken, train
 from bpbeval.tokenizer.__main__ import main
 
@@ -132,15 +135,28 @@ def test_a_long_run_encodes_exactly(encoding):
     assert tok.decode(ids) == text
 
 
-def test_training_on_a_long_run_does_not_crash():
-    texts = whitespace_rich_texts()
-    tok = train([*texts, "x" + " " * LONG + "y"], 256 + 9 + 400)
-    # The run adds merges of spaces; the rest of the vocabulary is trained on the same text.
-    without = train(texts, 256 + 9 + 400)
-    spaces = [t for t in tok.encoding.token_byte_values() if set(t) == {ord(" ")}]
-    assert max(map(len, spaces)) > max(
-        len(t) for t in without.encoding.token_byte_values() if set(t) == {ord(" ")}
-    )
+@pytest.fixture(scope="module")
+def trained_on_a_long_run() -> Tokenizer:
+    return train([*whitespace_rich_texts(), "x" + " " * LONG + "y"], 256 + 9 + 400)
+
+
+def longest_run_of_spaces(tok: Tokenizer) -> int:
+    return max(len(t) for t in tok.encoding.token_byte_values() if set(t) == {ord(" ")})
+
+
+def test_training_on_a_long_run_does_not_crash(trained_on_a_long_run):
+    # The run is trained on: it adds merges of longer runs of spaces than the rest has.
+    without = train(whitespace_rich_texts(), 256 + 9 + 400)
+    assert longest_run_of_spaces(trained_on_a_long_run) > longest_run_of_spaces(without)
+
+
+def test_scoring_a_document_with_a_long_run(trained_on_a_long_run, make_gpt, context_len):
+    tok = trained_on_a_long_run
+    doc = Document("long", "x.\n" + " " * LONG + "y", None)
+    checkpoint = Checkpoint(make_gpt(tok.vocab_size), tok, context_len, "", "custom", "t")
+    scores = score_documents(checkpoint, [doc], batch_size=256, progress=False)
+    assert scores.bytes == len(doc.text.encode()) and not scores.bytes_from_text
+    assert scores.tokens == len(tok.encode(doc.text))
 
 
 def test_an_unknown_pattern_gives_a_tokenizer_error_not_a_panic():
