@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench mutate clean
 
 # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -27,6 +27,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_compare.py
 	$(BIN)/python benchmarks/gpu_check.py
+
+# Mutation testing (mutmut) of the invariant-carrying modules, kept out of `make test`:
+# long, and run at the lowest priority on one process. Scores and survivors: TESTING.md.
+mutate: $(STAMP)
+	$(BIN)/pip install -q mutmut==3.8.1
+	$(BIN)/python tests/mutate.py
 
 clean:
 	rm -rf $(VENV) runs
