@@ -24,7 +24,7 @@ from bpbeval.errors import DataError
 from bpbeval.files import check_output_directory, check_output_file
 from bpbeval.integrations.nanochat import save_token_bytes
 from bpbeval.tokenizer.audit import AuditReport, audit
-from bpbeval.tokenizer.core import CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE, train
+from bpbeval.tokenizer.core import SAVED_FILES, train
 from bpbeval.tokenizer.loading import load_tokenizer
 
 
@@ -76,9 +76,7 @@ def _counting(texts: Iterable[str], bar: tqdm) -> Iterator[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # What Tokenizer.save writes, so that a rerun may replace its own output.
-    owns = (CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE)
-    check_output_directory(args.out, owns=owns, flag="--out")  # not after the training
+    check_output_directory(args.out, owns=SAVED_FILES, flag="--out")  # not after the training
     docs = read_documents(args.data, text_column=args.text_column, on_skipped=notice)
     heldout = [doc.text for doc in islice(docs, args.heldout_docs)]
     texts = cap_texts((doc.text for doc in docs), max_chars=args.max_chars, doc_cap=args.doc_cap)

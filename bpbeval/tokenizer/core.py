@@ -85,6 +85,7 @@ FORMAT_VERSION = 1
 RANKS_FILE = "tokenizer.tiktoken"
 CONFIG_FILE = "bpbeval_tokenizer.json"
 TOKEN_BYTES_FILE = "token_bytes.npy"
+SAVED_FILES = (CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE)  # all that a saved directory holds
 # What the hash covers: everything that decides the ids and their bytes, not the name.
 _IDENTITY_KEYS = ("pattern", "special_tokens", "bos_id", "ranks_sha256")
 
@@ -384,7 +385,7 @@ class Tokenizer:
             **self._identity,
             "hash": self.hash,
         }
-        with atomic_directory(directory, owns=(CONFIG_FILE, RANKS_FILE, TOKEN_BYTES_FILE)) as tmp:
+        with atomic_directory(directory, owns=SAVED_FILES) as tmp:
             (tmp / RANKS_FILE).write_bytes(self._ranks_file)
             np.save(tmp / TOKEN_BYTES_FILE, self._lengths, allow_pickle=False)
             config_text = json.dumps(config, indent=1, ensure_ascii=False) + "\n"
