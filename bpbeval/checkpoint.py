@@ -65,6 +65,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,7 +297,17 @@ def _load_native(path: Path, device: torch.device, dtype: torch.dtype | None) ->
             "checkpoint"
         )
     program_path = path / PROGRAM_FILE
-    _check_archive(program_path)
+    with _archive_errors(program_path):
+        _check_archive(program_path)
+        # Every entry: the graph, weights, constants and non-persistent buffers all decide the
+        # logits, and a state dict holds only some of them. Reading them all checks their CRCs.
+        identity = _digest(
+            "native",
+            itertools.chain(
+                _archive_parts(program_path),
+                [(META_FILE, [meta_bytes]), ("tokenizer", [tokenizer.hash.encode()])],
+            ),
+        )
     with _weights_only_loads():
         try:
             program = torch.export.load(program_path)
@@ -305,15 +316,6 @@ def _load_native(path: Path, device: torch.device, dtype: torch.dtype | None) ->
     _check_context(program, context_len, path)
     if device.type != "cpu":
         program = _move(program, device)
-    # Every entry: the graph, weights, constants and non-persistent buffers all decide the
-    # logits, and a state dict holds only some of them.
-    identity = _digest(
-        "native",
-        itertools.chain(
-            _archive_parts(program_path),
-            [(META_FILE, [meta_bytes]), ("tokenizer", [tokenizer.hash.encode()])],
-        ),
-    )
     module = program.module()
     if dtype is not None:
         module = module.to(dtype)
@@ -338,11 +340,12 @@ def _check_context(program: torch.export.ExportedProgram, context_len: int, path
         )
     length = ids.shape[1]
     if isinstance(length, int):
-        low = high = length
-    else:
-        bounds = program.range_constraints[length.node.expr]
-        low, high = int(bounds.lower), bounds.upper
-    if low > 1 or context_len > high:
+        low, high = length, length
+    else:  # a symbol with a range, or (not written by save) an expression: no range, refused
+        expr = length.node.expr
+        bounds = program.range_constraints.get(expr)
+        low, high = (bounds.lower, bounds.upper) if bounds is not None else (expr, expr)
+    if not (low == 1 and context_len <= high):
         raise CheckpointError(
             f"{path / META_FILE} gives context_len {context_len}, but {PROGRAM_FILE} takes only "
             f"{low} to {high} tokens at once; bpbeval scores windows of 1 to context_len tokens: "
@@ -350,30 +353,39 @@ def _check_context(program: torch.export.ExportedProgram, context_len: int, path
         )
 
 
-def _check_archive(program_path: Path) -> None:
-    """Refuse a ``.pt2`` archive holding anything ``torch.export.load`` would unpickle or run."""
+@contextlib.contextmanager
+def _archive_errors(program_path: Path) -> Iterator[None]:
+    """Turn what a corrupt or malformed archive raises while it is read into a CheckpointError."""
     try:
-        with zipfile.ZipFile(program_path) as archive:
-            root = _archive_root(program_path, archive)
-            for name in archive.namelist():
-                if not _ALLOWED_FILES.fullmatch(name[len(root) + 1 :]):
-                    raise CheckpointError(
-                        f"{program_path} holds {name}, which bpbeval does not load; "
-                        "re-save the checkpoint with bpbeval.checkpoint.save"
-                    )
-            for config, payload_file in _PAYLOAD_CONFIGS.items():
-                for fqn, payload in json.loads(archive.read(f"{root}/{config}"))["config"].items():
-                    if payload["use_pickle"] or not payload_file.fullmatch(payload["path_name"]):
-                        raise CheckpointError(
-                            f"{program_path} stores {fqn} as a pickled object, which bpbeval "
-                            "refuses to load; export a model whose weights are plain tensors"
-                        )
-            entry = f"{root}/{_PROGRAM_JSON}"
-            _check_program(json.loads(archive.read(entry)), f"{program_path}:{entry}")
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError) as e:
+        yield
+    except (
+        *(zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RecursionError),
+        *(KeyError, ValueError, TypeError, AttributeError),  # JSON of the wrong shape
+    ) as e:
         raise CheckpointError(
             f"{program_path} is not a readable torch.export archive ({e!r})"
         ) from e
+
+
+def _check_archive(program_path: Path) -> None:
+    """Refuse a ``.pt2`` archive holding anything ``torch.export.load`` would unpickle or run."""
+    with zipfile.ZipFile(program_path) as archive:
+        root = _archive_root(program_path, archive)
+        for name in archive.namelist():
+            if not _ALLOWED_FILES.fullmatch(name[len(root) + 1 :]):
+                raise CheckpointError(
+                    f"{program_path} holds {name}, which bpbeval does not load; "
+                    "re-save the checkpoint with bpbeval.checkpoint.save"
+                )
+        for config, payload_file in _PAYLOAD_CONFIGS.items():
+            for fqn, payload in json.loads(archive.read(f"{root}/{config}"))["config"].items():
+                if payload["use_pickle"] or not payload_file.fullmatch(payload["path_name"]):
+                    raise CheckpointError(
+                        f"{program_path} stores {fqn} as a pickled object, which bpbeval "
+                        "refuses to load; export a model whose weights are plain tensors"
+                    )
+        entry = f"{root}/{_PROGRAM_JSON}"
+        _check_program(json.loads(archive.read(entry)), f"{program_path}:{entry}")
 
 
 def _archive_root(program_path: Path, archive: zipfile.ZipFile) -> str:
@@ -409,7 +421,7 @@ def _check_program(value: object, entry: str, path: str = "") -> None:
         return
     for key, item in value.items():
         field = f"{path}.{key}" if path else str(key)
-        problem = _field_problem(key, item, is_node="inputs" in value and "outputs" in value)
+        problem = _field_problem(key, item)
         if problem is not None:
             raise CheckpointError(
                 f"{entry}: field {field} holds {_excerpt(item)}, which {problem}; bpbeval loads "
@@ -419,11 +431,11 @@ def _check_program(value: object, entry: str, path: str = "") -> None:
         _check_program(item, entry, field)
 
 
-def _field_problem(key: str, value: object, *, is_node: bool) -> str | None:
+def _field_problem(key: str, value: object) -> str | None:
     """Why torch must not see ``value`` under ``key``, or ``None`` if it is what torch writes."""
     if key == "expr_str":
         return _expression_problem(value)
-    if key == "as_operator" or (key == "target" and is_node):
+    if key in ("target", "as_operator"):  # only a node has a target
         return _target_problem(value)
     if key == "source_fn_stack":
         return _source_fn_problem(value)
