@@ -20,7 +20,7 @@ from bpbeval.cli import ArgumentParser, notice, positive_int, run, torch_device
 from bpbeval.data import Document, read_documents
 from bpbeval.errors import ScoringError
 from bpbeval.files import atomic_write_text, check_output_file
-from bpbeval.scoring import Scores, score_documents
+from bpbeval.scoring import DEFAULT_BATCH_TOKENS, Scores, score_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -55,7 +55,17 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per window (default and maximum: the model's context)",
     )
     scoring.add_argument(
-        "--batch-size", type=positive_int, default=8, help="windows per forward pass"
+        "--batch-tokens",
+        type=positive_int,
+        default=DEFAULT_BATCH_TOKENS,
+        metavar="N",
+        help="padded positions per forward pass (default %(default)s)",
+    )
+    scoring.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="at most N windows per forward pass (default: as many as --batch-tokens allows)",
     )
     scoring.add_argument(
         "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
@@ -115,6 +125,7 @@ def score(
         documents,
         stride=args.stride,
         context_len=args.context,
+        batch_tokens=args.batch_tokens,
         batch_size=args.batch_size,
         device=distributed.device_for_rank(args.device),
         allow_inexact_bytes=args.allow_inexact_bytes,
