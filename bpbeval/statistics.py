@@ -8,13 +8,20 @@ bootstrap of that ratio: resample documents with replacement and recompute
 Averaging per-document bpbs instead would weigh a ten-byte document like a
 novel.
 
+Beside the interval: a p-value from a paired sign-flip permutation test of the same pooled
+Δbpb (:func:`sign_flip_p_value`), and the minimum detectable effect, the smallest Δbpb
+this many documents would detect (``2.80 ×`` the bootstrap standard error, see
+:data:`MDE_STANDARD_ERRORS`).
+
 Everything here is numpy on float64 / int64 arrays, one entry per document.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -30,6 +37,11 @@ CONFIDENCE = 0.95
 #   distribution they leave out has a Monte Carlo sd of sqrt(0.05 * 0.95 / R): one point at 475.
 MIN_DOCUMENTS = 41
 MIN_REPLICATES = 475
+# The minimum detectable effect is the true Δbpb that a two-sided test at level 1 - CONFIDENCE
+# detects with probability POWER: with Δ̂ ~ Normal(Δ, SE²), that Δ sits z(0.975) + z(0.8)
+# = 2.80 standard errors from 0. The SE is the bootstrap replicates' standard deviation.
+POWER = 0.8
+MDE_STANDARD_ERRORS = NormalDist().inv_cdf((1 + CONFIDENCE) / 2) + NormalDist().inv_cdf(POWER)
 # Index-matrix elements per bootstrap block: a few MB whatever the corpus size, and small
 # enough for the gathers to stay in cache (faster than bigger blocks; see benchmarks/).
 _BLOCK_ELEMENTS = 1 << 17
@@ -70,7 +82,11 @@ class PairedFigures:
         ties: share of documents on which both have exactly the same nats.
         correlation: Pearson correlation of per-document bpb; ``None`` when undefined
             (fewer than two documents, or one model's bpb is constant).
-        replicates: bootstrap replicates behind ``ci``.
+        replicates: bootstrap replicates behind ``ci``, and sign flips behind ``p_value``.
+        p_value: two-sided p-value of ``delta`` by the paired sign-flip permutation test
+            (:func:`sign_flip_p_value`); valid at any number of documents.
+        mde: minimum detectable effect, ``MDE_STANDARD_ERRORS`` bootstrap standard errors;
+            ``None`` where ``ci`` is.
     """
 
     documents: int
@@ -82,6 +98,8 @@ class PairedFigures:
     ties: float
     correlation: float | None
     replicates: int
+    p_value: float
+    mde: float | None
 
     @property
     def too_few(self) -> str | None:
@@ -91,9 +109,9 @@ class PairedFigures:
     @property
     def verdict(self) -> str:
         """One line: which model is better, by how much and how sure, or that neither is."""
-        if self.ci is None:
+        if self.ci is None or self.mde is None:
             return f"no verdict, {self.too_few}: A − B = {self.delta:.4f} bpb"
-        return verdict(self.delta, self.ci)
+        return verdict(self.delta, self.ci, p_value=self.p_value, mde=self.mde)
 
 
 def too_few(documents: int, replicates: int) -> str | None:
@@ -117,22 +135,41 @@ def too_few(documents: int, replicates: int) -> str | None:
     return None
 
 
-def verdict(delta: float, ci: tuple[float, float]) -> str:
-    """The one-line verdict for a Δbpb (A − B) and its confidence interval.
+def verdict(delta: float, ci: tuple[float, float], *, p_value: float, mde: float) -> str:
+    """The one-line verdict for a Δbpb (A − B), its confidence interval, p-value and MDE.
+
+    A difference is called only when the interval excludes 0 and the sign-flip test
+    agrees (``p_value < 1 - CONFIDENCE``); where they disagree the verdict says so. With no
+    difference, it says how large one would have had to be to show (``mde``).
 
     Example:
-        >>> verdict(-0.1234, (-0.15, -0.1))
-        'A is better by 0.1234 bpb (95% CI 0.1000 to 0.1500)'
-        >>> verdict(0.01, (-0.002, 0.02))
-        'no significant difference: A − B = 0.0100 bpb (95% CI -0.0020 to 0.0200)'
+        >>> verdict(-0.1234, (-0.15, -0.1), p_value=0.001, mde=0.05)
+        'A is better by 0.1234 bpb (95% CI 0.1000 to 0.1500, sign-flip p = 0.001)'
+        >>> verdict(0.01, (-0.002, 0.02), p_value=0.2, mde=0.015)  # doctest: +NORMALIZE_WHITESPACE
+        'no significant difference: A − B = 0.0100 bpb (95% CI -0.0020 to 0.0200, sign-flip
+         p = 0.2); at this many documents a true difference of 0.0150 bpb is detected 80% of
+         the time'
+        >>> verdict(0.01, (0.001, 0.02), p_value=0.07, mde=0.009)  # doctest: +NORMALIZE_WHITESPACE
+        'borderline: A − B = 0.0100 bpb (95% CI 0.0010 to 0.0200, sign-flip p = 0.07);
+         the interval excludes 0, the sign-flip test does not reject'
     """
     lo, hi = ci
+    tested = f"sign-flip p = {p_value:.2g}"
+    rejects = p_value < 1 - CONFIDENCE
     level = f"{CONFIDENCE:.0%} CI"
-    if hi < 0:
-        return f"A is better by {-delta:.4f} bpb ({level} {-hi:.4f} to {-lo:.4f})"
-    if lo > 0:
-        return f"B is better by {delta:.4f} bpb ({level} {lo:.4f} to {hi:.4f})"
-    return f"no significant difference: A − B = {delta:.4f} bpb ({level} {lo:.4f} to {hi:.4f})"
+    if (hi < 0 or lo > 0) and rejects:
+        if hi < 0:
+            return f"A is better by {-delta:.4f} bpb ({level} {-hi:.4f} to {-lo:.4f}, {tested})"
+        return f"B is better by {delta:.4f} bpb ({level} {lo:.4f} to {hi:.4f}, {tested})"
+    figures = f"A − B = {delta:.4f} bpb ({level} {lo:.4f} to {hi:.4f}, {tested})"
+    if hi < 0 or lo > 0:
+        return f"borderline: {figures}; the interval excludes 0, the sign-flip test does not reject"
+    if rejects:
+        return f"borderline: {figures}; the sign-flip test rejects, the interval includes 0"
+    return (
+        f"no significant difference: {figures}; at this many documents a true difference of "
+        f"{mde:.4f} bpb is detected {POWER:.0%} of the time"
+    )
 
 
 def bootstrap_delta(
@@ -145,38 +182,99 @@ def bootstrap_delta(
     are drawn one call each, so the result does not depend on the block size used
     to bound memory; the gathers and sums run on whole blocks of rows at once.
 
+    With a column per part of each document (a character class, a position bucket: shape
+    [n, k]), every column is pooled on the same resamples: column ``j`` equals this function
+    on column ``j`` alone, and a replicate where no resampled document has bytes in a
+    column gives NaN there.
+
     Args:
-        nats_a: per-document nats under model A, shape [n].
-        nats_b: per-document nats under model B, shape [n].
-        nbytes: per-document UTF-8 bytes, shape [n], every entry positive.
+        nats_a: per-document nats under model A, shape [n] or [n, k].
+        nats_b: per-document nats under model B, same shape.
+        nbytes: per-document UTF-8 bytes, same shape; each document has some.
         replicates: number of resamples, at least 1.
         seed: seed of the resampling.
 
     Returns:
-        float64 array [replicates] of pooled Δbpb.
+        float64 array [replicates] (or [replicates, k]) of pooled Δbpb.
 
     Example:
         >>> d = bootstrap_delta([2.0, 4.0], [2.0, 4.0], [3, 5], replicates=4, seed=0)
         >>> d.tolist()
         [0.0, 0.0, 0.0, 0.0]
+        >>> bootstrap_delta([[2.0, 0.0]], [[1.0, 0.0]], [[2, 0]], replicates=1, seed=0).shape
+        (1, 2)
     """
     a = np.asarray(nats_a, dtype=np.float64)
     b = np.asarray(nats_b, dtype=np.float64)
     n_bytes = np.asarray(nbytes, dtype=np.int64)
     n = len(n_bytes)
-    if not (len(a) == len(b) == n) or n == 0:
-        raise ValueError(f"need equal, non-empty lengths; got {len(a)}, {len(b)} and {n}")
+    if not (a.shape == b.shape == n_bytes.shape) or n == 0:
+        raise ValueError(
+            f"need equal, non-empty shapes; got {a.shape}, {b.shape} and {n_bytes.shape}"
+        )
     if replicates < 1:
         raise ValueError(f"replicates must be at least 1, got {replicates}")
     rng = np.random.default_rng(seed)
-    out = np.empty(replicates, dtype=np.float64)
-    rows = max(1, _BLOCK_ELEMENTS // n)
+    out = np.empty((replicates, *n_bytes.shape[1:]), dtype=np.float64)
+    rows = max(1, _BLOCK_ELEMENTS // n_bytes.size)
     for start in range(0, replicates, rows):
         block = range(start, min(start + rows, replicates))
         idx = np.stack([rng.integers(0, n, size=n) for _ in block])
         denominator = math.log(2) * n_bytes[idx].sum(axis=1)
-        out[start : block.stop] = a[idx].sum(1) / denominator - b[idx].sum(1) / denominator
+        with np.errstate(invalid="ignore"):  # 0 / 0: a part absent from the whole resample
+            out[start : block.stop] = a[idx].sum(1) / denominator - b[idx].sum(1) / denominator
     return out
+
+
+def sign_flip_p_value(
+    nats_a: ArrayLike, nats_b: ArrayLike, *, permutations: int, seed: int
+) -> float:
+    """Two-sided p-value of pooled Δbpb by a paired sign-flip permutation test over documents.
+
+    If the models were interchangeable, swapping the two models' nats on any document would
+    be as likely as not. Swapping on a set of documents flips the sign of their difference
+    ``d = nats_a - nats_b``; it leaves the shared bytes, the denominator of pooled Δbpb, as
+    they are. So the test statistic is ``|Σ s·d|`` over sign vectors ``s``, and the p-value
+    is the share of sign vectors at least as extreme as the observed one (all +1):
+
+    - when ``2**n <= permutations``, all ``2**n`` of them: the exact p-value;
+    - otherwise ``permutations`` random ones, the ``r``-th flipping where the ``r``-th call
+      of ``rng.integers(0, 2, size=n)`` gives 1; ``p = (1 + extreme) / (1 + permutations)``,
+      never 0 and a valid p-value at any count (Phipson and Smyth, 2010).
+
+    Sums over flips round differently from the observed sum; those within ``1e-9 × Σ|d|``
+    of it count as ties, which are extreme (the conservative side).
+
+    Args:
+        nats_a: per-document nats under A, shape [n], n >= 1.
+        nats_b: per-document nats under B, shape [n].
+        permutations: sign flips drawn, at least 1.
+        seed: seed of the flips.
+
+    Example:
+        >>> sign_flip_p_value([3.0, 5.0], [1.0, 2.0], permutations=1000, seed=0)  # all 4
+        0.5
+        >>> sign_flip_p_value([1.0] * 9, [1.0] * 9, permutations=10, seed=0)
+        1.0
+    """
+    d = np.asarray(nats_a, dtype=np.float64) - np.asarray(nats_b, dtype=np.float64)
+    n = len(d)
+    if n == 0 or d.shape != np.shape(nats_b):
+        raise ValueError(f"need equal, non-empty lengths; got {len(d)} and {len(nats_b)}")
+    if permutations < 1:
+        raise ValueError(f"permutations must be at least 1, got {permutations}")
+    threshold = abs(math.fsum(d)) - 1e-9 * float(np.abs(d).sum())
+    if n < 63 and 2**n <= permutations:
+        flips = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+        return float(np.mean(np.abs((1 - 2 * flips) @ d) >= threshold))
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    rows = max(1, _BLOCK_ELEMENTS // n)
+    for start in range(0, permutations, rows):
+        block = range(start, min(start + rows, permutations))
+        flips = np.stack([rng.integers(0, 2, size=n) for _ in block])
+        extreme += int(np.count_nonzero(np.abs((1 - 2 * flips) @ d) >= threshold))
+    return (1 + extreme) / (1 + permutations)
 
 
 def paired_figures(
@@ -213,7 +311,7 @@ def paired_figures(
         >>> f = paired_figures([8.0, 9.0, 7.0] * 14, [6.0, 7.0, 6.5] * 14, [10, 12, 9] * 14,
         ...                    [4, 5, 3] * 14, [3, 4, 3] * 14)
         >>> f.verdict
-        'B is better by 0.2094 bpb (95% CI 0.1846 to 0.2327)'
+        'B is better by 0.2094 bpb (95% CI 0.1846 to 0.2327, sign-flip p = 0.001)'
     """
     n_bytes = np.asarray(nbytes, dtype=np.int64)
     keep = n_bytes > 0
@@ -225,12 +323,11 @@ def paired_figures(
     total_bytes = int(n_bytes.sum())
     fig_a = ModelFigures(math.fsum(a), total_bytes, int(t_a.sum()))
     fig_b = ModelFigures(math.fsum(b), total_bytes, int(t_b.sum()))
-    ci = None
+    ci = mde = None
     if too_few(len(n_bytes), replicates) is None:
         deltas = bootstrap_delta(a, b, n_bytes, replicates=replicates, seed=seed)
-        tail = (1 - CONFIDENCE) / 2
-        lo, hi = np.quantile(deltas, [tail, 1 - tail])
-        ci = (float(lo), float(hi))
+        ci = _percentile_interval(deltas)
+        mde = MDE_STANDARD_ERRORS * float(np.std(deltas, ddof=1))
     return PairedFigures(
         documents=len(n_bytes),
         a=fig_a,
@@ -241,7 +338,15 @@ def paired_figures(
         ties=float(np.mean(a == b)),
         correlation=_correlation(a / n_bytes, b / n_bytes),
         replicates=replicates,
+        p_value=sign_flip_p_value(a, b, permutations=replicates, seed=seed),
+        mde=mde,
     )
+
+
+def _percentile_interval(deltas: NDArray[np.float64]) -> tuple[float, float]:
+    tail = (1 - CONFIDENCE) / 2
+    lo, hi = np.quantile(deltas, [tail, 1 - tail])
+    return float(lo), float(hi)
 
 
 def paired_figures_by_domain(
@@ -276,6 +381,104 @@ def paired_figures_by_domain(
             out[domain] = paired_figures(
                 *(x[mask] for x in arrays), replicates=replicates, seed=seed
             )
+    return out
+
+
+@dataclass(frozen=True)
+class PartFigures:
+    """Both models on one part of every document's bytes (a character class, a position bucket).
+
+    Attributes:
+        documents: documents with at least one byte in this part.
+        bytes: the part's bytes over all documents.
+        share: ``bytes`` over all documents' bytes.
+        nats_a, nats_b: each model's nats attributed to the part.
+        ci: the ``CONFIDENCE`` paired-bootstrap interval of :attr:`delta`, resampling whole
+            documents; ``None`` below ``MIN_DOCUMENTS`` documents (of this part) or
+            ``MIN_REPLICATES`` replicates.
+    """
+
+    documents: int
+    bytes: int
+    share: float
+    nats_a: float
+    nats_b: float
+    ci: tuple[float, float] | None
+
+    @property
+    def bits_per_byte_a(self) -> float:
+        return self.nats_a / (math.log(2) * self.bytes)
+
+    @property
+    def bits_per_byte_b(self) -> float:
+        return self.nats_b / (math.log(2) * self.bytes)
+
+    @property
+    def delta(self) -> float:
+        """Pooled bpb of A minus pooled bpb of B on this part."""
+        return (self.nats_a - self.nats_b) / (math.log(2) * self.bytes)
+
+
+def paired_breakdown(
+    names: Sequence[str],
+    nats_a: ArrayLike,
+    nats_b: ArrayLike,
+    nbytes: ArrayLike,
+    *,
+    replicates: int = 1000,
+    seed: int = 0,
+) -> dict[str, PartFigures]:
+    """:class:`PartFigures` for each part (column) of per-document sums, keyed by name.
+
+    Every part is pooled on the same resamples of the documents as :func:`paired_figures`
+    with the same seed draws (documents without bytes are left out first, as there), so a
+    part's interval is the bootstrap of its own pooled Δbpb. Parts with no bytes anywhere are
+    left out.
+
+    Args:
+        names: one name per part.
+        nats_a: per-document nats of A in each part, shape [documents, parts].
+        nats_b: the same for B.
+        nbytes: per-document bytes in each part (the same for both models).
+        replicates: bootstrap replicates.
+        seed: bootstrap seed.
+
+    Example:
+        >>> parts = paired_breakdown(["x", "y", "z"], [[4.0, 2.0, 0.0]] * 50,
+        ...                          [[2.0, 2.0, 0.0]] * 50, [[2, 2, 0]] * 50, replicates=500)
+        >>> {k: (round(p.delta, 4), p.share, p.ci is not None) for k, p in parts.items()}
+        {'x': (1.4427, 0.5, True), 'y': (0.0, 0.5, True)}
+    """
+    n_bytes = np.asarray(nbytes, dtype=np.int64)
+    a = np.asarray(nats_a, dtype=np.float64)
+    b = np.asarray(nats_b, dtype=np.float64)
+    if not (a.shape == b.shape == n_bytes.shape == (len(n_bytes), len(names))):
+        raise ValueError(
+            f"need [documents, {len(names)}] arrays; got {a.shape}, {b.shape} and {n_bytes.shape}"
+        )
+    keep = n_bytes.sum(axis=1) > 0
+    a, b, n_bytes = a[keep], b[keep], n_bytes[keep]
+    present = (n_bytes > 0).sum(axis=0)
+    deltas = None
+    if len(n_bytes) and too_few(int(present.max()), replicates) is None:
+        deltas = bootstrap_delta(a, b, n_bytes, replicates=replicates, seed=seed)
+    total = int(n_bytes.sum())
+    out = {}
+    for j, name in enumerate(names):
+        part_bytes = int(n_bytes[:, j].sum())
+        if part_bytes == 0:
+            continue
+        ci = None
+        if deltas is not None and too_few(int(present[j]), replicates) is None:
+            ci = _percentile_interval(deltas[:, j])
+        out[name] = PartFigures(
+            documents=int(present[j]),
+            bytes=part_bytes,
+            share=part_bytes / total,
+            nats_a=math.fsum(a[:, j]),
+            nats_b=math.fsum(b[:, j]),
+            ci=ci,
+        )
     return out
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
@@ -16,8 +18,10 @@ from bpbeval.statistics import (
     MIN_DOCUMENTS,
     MIN_REPLICATES,
     bootstrap_delta,
+    paired_breakdown,
     paired_figures,
     paired_figures_by_domain,
+    sign_flip_p_value,
 )
 
 
@@ -223,3 +227,132 @@ def test_the_minimums_follow_from_their_documented_reasons():
     alpha = 1 - CONFIDENCE
     sd = [math.sqrt(alpha * (1 - alpha) / r) for r in (MIN_REPLICATES - 1, MIN_REPLICATES)]
     assert sd[0] > tolerance >= sd[1] - 1e-15
+
+
+def _exact_sign_flip_p(d: list[float]) -> float:
+    # Every sign vector, in exact rational arithmetic: no rounding, so no tolerance.
+    exact = [Fraction(x) for x in d]
+    observed = abs(sum(exact))
+    signs = itertools.product((1, -1), repeat=len(d))
+    extreme = sum(
+        abs(sum(s * x for s, x in zip(flip, exact, strict=True))) >= observed for flip in signs
+    )
+    return extreme / 2 ** len(d)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 10])
+def test_sign_flip_p_value_enumerates_every_flip_on_a_handful_of_documents(n):
+    rng = np.random.default_rng(n)
+    nats_a, nats_b = rng.uniform(0, 100, size=n), rng.uniform(0, 100, size=n) + 5
+    nats_b[0] = nats_a[0]  # a tie: its flips change nothing
+    p = sign_flip_p_value(nats_a, nats_b, permutations=2**n, seed=0)
+    assert p == _exact_sign_flip_p((nats_a - nats_b).tolist())
+
+
+def test_sign_flip_p_value_samples_the_same_flips_as_a_plain_loop(monkeypatch):
+    n, permutations, seed = 14, 3000, 5
+    rng = np.random.default_rng(11)
+    nats_a, nats_b = rng.uniform(0, 10, size=n), rng.uniform(0, 10, size=n)
+    d = nats_a - nats_b
+    loop = np.random.default_rng(seed)
+    extreme = 0
+    for _ in range(permutations):
+        signs = 1 - 2 * loop.integers(0, 2, size=n)
+        extreme += abs(math.fsum(signs * d)) >= abs(math.fsum(d)) - 1e-9 * np.abs(d).sum()
+    expected = (1 + extreme) / (1 + permutations)
+    for block_elements in (1 << 17, 50):  # one block; blocks of 3 flips
+        monkeypatch.setattr(statistics, "_BLOCK_ELEMENTS", block_elements)
+        assert sign_flip_p_value(nats_a, nats_b, permutations=permutations, seed=seed) == expected
+    # And it estimates the exact p-value, within Monte Carlo error.
+    exact = _exact_sign_flip_p(d.tolist())
+    assert 0.05 < exact < 0.95
+    assert abs(expected - exact) < 4 * math.sqrt(exact * (1 - exact) / permutations)
+
+
+def test_identical_models_have_p_one_and_a_clear_winner_the_smallest_p():
+    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(60, seed=12, ratio=0.8)
+    same = paired_figures(nats_a, nats_a, nbytes, tokens_a, tokens_a, replicates=500)
+    assert same.p_value == 1.0
+    better = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=500)
+    assert better.p_value == 1 / 501  # no flip comes near B winning on all 60 documents
+
+
+def _reference_deltas(nats_a, nats_b, nbytes, replicates, seed) -> np.ndarray:
+    # Replicate by replicate, each column pooled on its own: the definition, in a loop.
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(replicates):
+        idx = rng.integers(0, len(nbytes), size=len(nbytes))
+        row = []
+        for j in range(nbytes.shape[1]):
+            denominator = math.log(2) * nbytes[idx, j].sum()
+            with np.errstate(invalid="ignore"):  # a part no resampled document has: NaN
+                row.append(nats_a[idx, j].sum() / denominator - nats_b[idx, j].sum() / denominator)
+        out.append(row)
+    return np.array(out)
+
+
+def test_mde_is_the_documented_multiple_of_the_bootstrap_standard_error():
+    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(150, seed=13, ratio=1.01)
+    figures = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=600, seed=4)
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    deltas = _reference_deltas(*(x[:, None] for x in (nats_a, nats_b, nbytes)), 600, 4)[:, 0]
+    assert figures.mde == pytest.approx(z * np.std(deltas, ddof=1), rel=1e-12)
+    assert 2.80 < z < 2.81
+
+
+def test_a_true_difference_of_one_mde_is_detected_80_percent_of_the_time():
+    # The MDE's meaning, simulated: samples of 200 documents whose true pooled Δbpb is the
+    # MDE (averaged over null samples: one sample's estimate varies by ~8%); the verdict
+    # should call B better on about 80% of them, and the MDE be 2.8 × Δ̂'s actual spread.
+    n, ln2 = 200, math.log(2)
+    rng = np.random.default_rng(14)
+
+    def figures(delta: float, seed: int) -> statistics.PairedFigures:
+        nbytes = rng.integers(100, 2000, size=n)
+        nats_b = nbytes * ln2 * rng.uniform(1.0, 3.0, size=n)
+        nats_a = nats_b + nbytes * ln2 * (delta + rng.normal(0, 0.5, size=n))
+        return paired_figures(nats_a, nats_b, nbytes, nbytes, nbytes, replicates=500, seed=seed)
+
+    mde = float(np.mean([figures(0.0, seed).mde for seed in range(40)]))
+    trials = [figures(mde, seed) for seed in range(200)]
+    called = np.mean([f.verdict.startswith("B is better") for f in trials])
+    assert 0.72 <= called <= 0.88
+    spread = np.std([f.delta for f in trials], ddof=1)
+    assert 0.9 <= mde / (statistics.MDE_STANDARD_ERRORS * spread) <= 1.1
+
+
+def test_per_class_bootstrap_matches_a_plain_loop_with_the_same_seed(monkeypatch):
+    rng = np.random.default_rng(15)
+    n, names = 80, ["letters", "digits", "rare", "absent"]
+    nbytes = rng.integers(0, 300, size=(n, 4))
+    nbytes[:, 2] = 0
+    nbytes[:5, 2] = 7  # in 5 documents only: too few for an interval
+    nbytes[:, 3] = 0
+    nats_a = nbytes * rng.uniform(0.5, 2.0, size=(n, 4))
+    nats_b = nbytes * rng.uniform(0.5, 2.0, size=(n, 4))
+    for block_elements in (1 << 17, 100):
+        monkeypatch.setattr(statistics, "_BLOCK_ELEMENTS", block_elements)
+        parts = paired_breakdown(names, nats_a, nats_b, nbytes, replicates=500, seed=6)
+        assert list(parts) == ["letters", "digits", "rare"]  # no bytes, no row
+        deltas = _reference_deltas(nats_a, nats_b, nbytes, 500, seed=6)
+        for j, name in enumerate(names[:2]):
+            expected = np.quantile(deltas[:, j], [0.025, 0.975])
+            assert parts[name].ci == pytest.approx(expected, rel=1e-12)  # sums' order differs
+        assert parts["rare"].ci is None and parts["rare"].documents == 5
+    total = nbytes.sum()
+    for j, name in enumerate(names[:3]):
+        part = parts[name]
+        assert (part.bytes, part.share) == (nbytes[:, j].sum(), nbytes[:, j].sum() / total)
+        assert part.nats_a == math.fsum(nats_a[:, j])
+        expected = (math.fsum(nats_a[:, j]) - math.fsum(nats_b[:, j])) / (math.log(2) * part.bytes)
+        assert part.delta == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_part_present_in_every_document_has_the_interval_of_its_own_comparison():
+    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(60, seed=16, ratio=0.95)
+    columns = [np.stack([x, 2 * x], axis=1) for x in (nats_a, nats_b, nbytes)]
+    parts = paired_breakdown(["all", "twice"], *columns, replicates=500, seed=2)
+    alone = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=500, seed=2)
+    assert parts["all"].ci == pytest.approx(alone.ci, rel=1e-12)  # the same resamples
+    assert parts["all"].delta == pytest.approx(alone.delta, rel=1e-12)
