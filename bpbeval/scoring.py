@@ -65,8 +65,8 @@ DEFAULT_BATCH_TOKENS = 8192
 # that most batches are full, bounded whatever the corpus.
 LOOKAHEAD_BATCHES = 16
 # The encoder works on chunks of about this many UTF-8 bytes, and runs this many ahead.
-ENCODE_CHUNK_BYTES = 1 << 20
-ENCODE_AHEAD = 4
+ENCODE_CHUNK_BYTES = 1 << 18
+ENCODE_AHEAD = 2
 # Finished documents' nats come to the host at most once per this many forward passes.
 SYNC_EVERY = 32
 
