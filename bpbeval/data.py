@@ -8,7 +8,8 @@ recursively and sorted to its data files only (``.parquet``, ``.jsonl``, ``.txt`
 hidden ones skipped): a README beside the shards would otherwise be scored as one
 more document. A file named directly is read whatever its suffix. Every input must
 be valid UTF-8: bpb divides by the text's bytes, so a silently replaced byte would
-change the answer. A domain label is a string or null (no domain).
+change the answer. A domain label is a string or null (no domain); a column or key
+named ``domain`` is read as one unless another is named.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bpbeval.errors import DataError
@@ -30,6 +32,9 @@ PathLike = str | os.PathLike[str]
 DATA_SUFFIXES = (".parquet", ".jsonl", ".txt")
 # Skipped files named in the notice; the rest are counted.
 _NAMED_SKIPPED = 5
+# Read as the domain where a file has it, unless another column is named: data labelled
+# this way gets per-domain figures without anyone finding the option.
+DOMAIN_COLUMN = "domain"
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,15 @@ def _decode(data: bytes, where: str, offset: int = 0) -> str:
         ) from None
 
 
+# A reader yields, for every row of a file in order, ``(nbytes, decoded)``: the row's UTF-8
+# bytes when known without decoding it (else None), and ``(text, domain)`` when the row is
+# wanted (else None). Rows another rank scores are never turned into Python strings.
+_Rows = Iterator[tuple[int | None, tuple[str, str | None] | None]]
+
+
 def _read_parquet(
-    path: Path, text_column: str, domain_column: str | None
-) -> Iterator[tuple[str, str | None]]:
+    path: Path, text_column: str, domain_column: str | None, wanted: Callable[[int], bool]
+) -> _Rows:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
@@ -130,34 +141,48 @@ def _read_parquet(
     for group in range(pf.num_row_groups):
         try:
             table = pf.read_row_group(group, columns=columns)
-            texts = table.column(text_column).to_pylist()
-            domains = table.column(domain_column).to_pylist() if domain_column else None
+            texts = table.column(text_column)
+            lengths = (
+                pc.binary_length(texts).to_pylist()
+                if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)
+                else [None] * len(texts)
+            )
+            domains = table.column(domain_column) if domain_column else None
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: row group {group} is corrupt ({e})") from None
-        domains = domains or [None] * len(texts)
-        for text, domain in zip(texts, domains, strict=True):
+        for i, nbytes in enumerate(lengths):
             where = f"{path}: row {row}"
-            if isinstance(text, bytes):
-                text = _decode(text, where)
-            if not isinstance(text, str):
-                raise DataError(f"{where}: column {text_column!r} holds {text!r}, not text")
-            if isinstance(domain, bytes):
-                domain = _decode(domain, where)
-            yield text, _domain(domain, where, domain_column)
+            decoded = None
+            if wanted(row):
+                text = texts[i].as_py()
+                domain = domains[i].as_py() if domains is not None else None
+                if isinstance(text, bytes):
+                    text = _decode(text, where)
+                if not isinstance(text, str):
+                    raise DataError(f"{where}: column {text_column!r} holds {text!r}, not text")
+                if isinstance(domain, bytes):
+                    domain = _decode(domain, where)
+                decoded = text, _domain(domain, where, domain_column)
+                nbytes = len(text.encode("utf-8")) if nbytes is None else nbytes
+            yield nbytes, decoded
             row += 1
 
 
 def _read_jsonl(
-    path: Path, text_column: str, domain_column: str | None
-) -> Iterator[tuple[str, str | None]]:
-    offset = 0
+    path: Path, text_column: str, domain_column: str | None, wanted: Callable[[int], bool]
+) -> _Rows:
+    offset = row = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}: line {lineno}"
-            line = _decode(raw, where, offset)
-            offset += len(raw)
-            if not line.strip():
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():  # bytes.strip: ASCII whitespace, all str.strip finds in UTF-8
                 continue
+            if not wanted(row):
+                yield None, None
+                row += 1
+                continue
+            line = _decode(raw, where, start)
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
@@ -175,17 +200,136 @@ def _read_jsonl(
                 kind = type(text).__name__
                 raise DataError(f"{where}: key {text_column!r} holds {kind}, not text")
             try:  # a JSON escape like "\ud800" gives a lone surrogate, which has no UTF-8
-                text.encode("utf-8")
+                nbytes = len(text.encode("utf-8"))
             except UnicodeEncodeError as e:
                 raise DataError(
                     f"{where}: key {text_column!r} holds a lone surrogate {text[e.start]!r}, "
                     "which is not text and has no UTF-8 bytes"
                 ) from None
-            yield text, _domain(obj[domain_column], where, domain_column) if domain_column else None
+            domain = _domain(obj[domain_column], where, domain_column) if domain_column else None
+            yield nbytes, (text, domain)
+            row += 1
 
 
-def _read_text(path: Path) -> Iterator[tuple[str, str | None]]:
-    yield _decode(path.read_bytes(), str(path)), None
+def _read_text(path: Path, wanted: Callable[[int], bool]) -> _Rows:
+    if wanted(0):
+        yield path.stat().st_size, (_decode(path.read_bytes(), str(path)), None)
+    else:
+        yield path.stat().st_size, None
+
+
+def _size_bytes(key_paths: list[tuple[str, Path]], text_column: str) -> int:
+    """About how many UTF-8 bytes of text the files hold, from their sizes and metadata."""
+    total = 0
+    for _, path in key_paths:
+        if path.suffix.lower() != ".parquet":
+            total += path.stat().st_size
+            continue
+        try:
+            metadata = pq.ParquetFile(path).metadata
+            names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+            column = names.index(text_column)
+            for group in range(metadata.num_row_groups):
+                chunk = metadata.row_group(group).column(column)
+                # Plain-encoded strings: 4 bytes of length, then the bytes.
+                total += chunk.total_uncompressed_size - 4 * metadata.row_group(group).num_rows
+        except (pa.ArrowException, OSError, ValueError):
+            continue  # reading it reports what is wrong; a bar's total is only an estimate
+    return max(total, 0)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents of Parquet, JSONL and plain-text files, re-readable and shardable.
+
+    Attributes:
+        paths: files (read whatever their suffix) or directories (expanded recursively,
+            sorted, to their ``DATA_SUFFIXES`` files).
+        text_column: the Parquet column or JSON key holding the text.
+        domain_column: an optional Parquet column or JSON key holding a domain label
+            (a string, or null for none).
+        max_docs: stop after this many documents.
+        max_bytes: stop before the first document that would bring the total of UTF-8
+            bytes above this.
+        on_skipped: called with a one-line notice before the first document if a
+            directory held files that are not data files (named, up to five).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+        >>> [(i, doc.id) for i, doc in Corpus(d).shard(1, 2)]
+        [(1, 'a.jsonl:1')]
+    """
+
+    paths: PathLike | Sequence[PathLike]
+    text_column: str = "text"
+    domain_column: str | None = None
+    max_docs: int | None = None
+    max_bytes: int | None = None
+    on_skipped: Callable[[str], object] | None = None
+
+    def __iter__(self) -> Iterator[Document]:
+        return (document for _, document in self.shard(0, 1))
+
+    def size_bytes(self) -> int:
+        """About how many UTF-8 bytes the documents hold, known before reading them."""
+        files, _ = _expand(self.paths)
+        total = _size_bytes(files, self.text_column)
+        return total if self.max_bytes is None else min(total, self.max_bytes)
+
+    def shard(self, rank: int, world_size: int) -> Iterator[tuple[int, Document]]:
+        """Every ``world_size``-th document from the ``rank``-th, with its position.
+
+        Other ranks' documents are counted, never decoded (but with ``max_bytes``, a
+        JSONL row is decoded to learn its bytes).
+
+        Raises:
+            DataError: a path is missing, a column is missing, input is not UTF-8, a
+                JSONL line is malformed, a domain is neither a string nor null, or there
+                are no documents at all.
+        """
+        count = total = 0
+        files, skipped = _expand(self.paths)
+        if skipped and self.on_skipped is not None:
+            self.on_skipped(_skipped_notice(skipped))
+        measure = self.max_bytes is not None
+        for key, path in files:
+            first = count
+
+            def wanted(row: int, first: int = first) -> bool:
+                return measure or (first + row) % world_size == rank
+
+            suffix = path.suffix.lower()
+            if suffix == ".parquet":
+                rows = _read_parquet(path, self.text_column, self.domain_column, wanted)
+            elif suffix == ".jsonl":
+                rows = _read_jsonl(path, self.text_column, self.domain_column, wanted)
+            else:
+                rows = _read_text(path, wanted)
+            for row, (nbytes, decoded) in enumerate(rows):
+                if self.max_docs is not None and count >= self.max_docs:
+                    return
+                if self.max_bytes is not None:
+                    assert nbytes is not None  # measure: every row is read
+                    total += nbytes
+                    if total > self.max_bytes:
+                        if count == 0:
+                            raise DataError(
+                                f"max_bytes={self.max_bytes} is smaller than the first "
+                                f"document ({total} bytes); raise it"
+                            )
+                        return
+                if count % world_size == rank:
+                    assert decoded is not None
+                    yield count, Document(f"{key}:{row}", *decoded)
+                count += 1
+        if count == 0:
+            found = f"; {_skipped_notice(skipped)}" if skipped else ""
+            raise DataError(
+                f"no documents found in {self.paths}{found}; point at .parquet, .jsonl or "
+                ".txt files (or name a file directly, read as text whatever its suffix)"
+            )
 
 
 def read_documents(
@@ -199,22 +343,11 @@ def read_documents(
 ) -> Iterator[Document]:
     """Stream the documents of Parquet, JSONL and plain-text files, in a fixed order.
 
-    Args:
-        paths: files (read whatever their suffix) or directories (expanded recursively,
-            sorted, to their ``DATA_SUFFIXES`` files).
-        text_column: the Parquet column or JSON key holding the text.
-        domain_column: an optional Parquet column or JSON key holding a domain label
-            (a string, or null for none).
-        max_docs: stop after this many documents.
-        max_bytes: stop before the first document that would bring the total of UTF-8
-            bytes above this.
-        on_skipped: called with a one-line notice before the first document if a
-            directory held files that are not data files (named, up to five).
+    The arguments are :class:`Corpus`'s; Parquet is read a row group at a time, JSONL a
+    line at a time.
 
     Raises:
-        DataError: a path is missing, a column is missing, input is not UTF-8, a JSONL
-            line is malformed, a domain is neither a string nor null, or there are no
-            documents at all.
+        DataError: see :meth:`Corpus.shard`.
 
     Example:
         >>> import tempfile, pathlib
@@ -227,38 +360,7 @@ def read_documents(
         skipped 1 file that is not data (.parquet, .jsonl, .txt): ...notes.md
         ['a.jsonl:0', 'a.jsonl:1']
     """
-    count = total = 0
-    files, skipped = _expand(paths)
-    if skipped and on_skipped is not None:
-        on_skipped(_skipped_notice(skipped))
-    for key, path in files:
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            rows = _read_parquet(path, text_column, domain_column)
-        elif suffix == ".jsonl":
-            rows = _read_jsonl(path, text_column, domain_column)
-        else:
-            rows = _read_text(path)
-        for row, (text, domain) in enumerate(rows):
-            if max_docs is not None and count >= max_docs:
-                return
-            if max_bytes is not None:
-                total += len(text.encode("utf-8"))
-                if total > max_bytes:
-                    if count == 0:
-                        raise DataError(
-                            f"max_bytes={max_bytes} is smaller than the first document "
-                            f"({total} bytes); raise it"
-                        )
-                    return
-            count += 1
-            yield Document(f"{key}:{row}", text, domain)
-    if count == 0:
-        found = f"; {_skipped_notice(skipped)}" if skipped else ""
-        raise DataError(
-            f"no documents found in {paths}{found}; point at .parquet, .jsonl or .txt files "
-            "(or name a file directly, read as text whatever its suffix)"
-        )
+    return iter(Corpus(paths, text_column, domain_column, max_docs, max_bytes, on_skipped))
 
 
 def cap_texts(

@@ -36,7 +36,10 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         help="Parquet, JSONL or text files, or directories of them",
     )
     data.add_argument("--text-column", default="text", help="column or key holding the text")
-    data.add_argument("--domain-column", help="optional column or key holding a domain label")
+    data.add_argument(
+        "--domain-column",
+        help="column or key holding a domain label (default: 'domain' where the data has it)",
+    )
     data.add_argument("--max-docs", type=positive_int, help="score only the first N documents")
     data.add_argument(
         "--max-bytes",

@@ -178,6 +178,32 @@ def test_a_parquet_domain_that_is_not_a_string_is_refused(tmp_path, value, shown
     )
 
 
+def test_a_domain_column_or_key_is_used_without_asking(tmp_path):
+    # Named "domain", it gives per-domain figures by default; where absent, no domain.
+    write_jsonl(
+        tmp_path / "a.jsonl",
+        [{"text": "x", "domain": "web"}, {"text": "y"}, {"text": "z", "domain": None}],
+    )
+    write_parquet(tmp_path / "b.parquet", ["p", "q"], domain=["code", "prose"])
+    write_parquet(tmp_path / "c.parquet", ["r"])
+    got = [(d.text, d.domain) for d in read_documents(tmp_path)]
+    assert got == [
+        ("x", "web"),
+        ("y", None),
+        ("z", None),
+        ("p", "code"),
+        ("q", "prose"),
+        ("r", None),
+    ]
+    # Asked for by name, it must be there, as any other column.
+    with pytest.raises(DataError, match=r"a\.jsonl: line 2: no key 'domain'"):
+        list(read_documents(tmp_path, domain_column="domain"))
+    # And by default its values are checked as any domain's.
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "x", "domain": 3}])
+    with pytest.raises(DataError, match=r"a\.jsonl: line 1: domain 'domain' holds int 3"):
+        list(read_documents(tmp_path))
+
+
 def test_a_binary_parquet_domain_is_utf8_text(tmp_path):
     path = tmp_path / "d.parquet"
     write_parquet(path, ["a", "b"], domain=pa.array(["wéb".encode(), b"\xff"], pa.binary()))
