@@ -72,6 +72,12 @@ def setup_cfg(target: Target) -> str:
         "[mutmut]",
         "source_paths=bpbeval",
         f"only_mutate={target.module}",
+        # Workers fork from a server that never ran a test: a process that ran torch
+        # forks children that can deadlock on its thread pools.
+        "process_isolation=forkserver",
+        # A mutant that loops forever (a window that never advances) is stopped at 5x the
+        # time its tests take, not the default 15x.
+        "timeout_multiplier=5",
         "pytest_add_cli_args_test_selection=",
         *(f"    {test}" for test in target.tests),
         "pytest_add_cli_args=",
