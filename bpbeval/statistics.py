@@ -226,6 +226,16 @@ def bootstrap_delta(
     return out
 
 
+def enumerates_all_flips(documents: int, permutations: int) -> bool:
+    """Whether :func:`sign_flip_p_value` enumerates all ``2**documents`` sign vectors.
+
+    Example:
+        >>> enumerates_all_flips(9, 1000), enumerates_all_flips(10, 1000)
+        (True, False)
+    """
+    return documents < 63 and 2**documents <= permutations
+
+
 def sign_flip_p_value(
     nats_a: ArrayLike, nats_b: ArrayLike, *, permutations: int, seed: int
 ) -> float:
@@ -264,7 +274,7 @@ def sign_flip_p_value(
     if permutations < 1:
         raise ValueError(f"permutations must be at least 1, got {permutations}")
     threshold = abs(math.fsum(d)) - 1e-9 * float(np.abs(d).sum())
-    if n < 63 and 2**n <= permutations:
+    if enumerates_all_flips(n, permutations):
         flips = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
         return float(np.mean(np.abs((1 - 2 * flips) @ d) >= threshold))
     rng = np.random.default_rng(seed)

@@ -144,6 +144,7 @@ def test_a_trained_model_beats_an_untrained_one(corpus, reference):
     assert overall["ci"] == list(expected.ci)
     assert overall["a_wins"] == expected.a_wins
     assert overall["correlation"] == expected.correlation
+    assert (overall["p_value"], overall["mde"]) == (expected.p_value, expected.mde)
 
     # Per domain: each pools its own documents, and the domains pool to the whole.
     domains = paired_figures_by_domain(table["domain"], *columns, replicates=REPLICATES, seed=0)
@@ -162,6 +163,21 @@ def test_a_trained_model_beats_an_untrained_one(corpus, reference):
     assert sum(p["documents"] for p in parts) == N_DOCS
     pooled = math.fsum(p["A"]["nats"] for p in parts) / (math.log(2) * sum(table["bytes"]))
     assert pooled == pytest.approx(result["models"]["A"]["bits_per_byte"], rel=1e-12)
+    # Macro: each domain's bpb from the per-document table, then their plain mean.
+    for model, column in (("A", "nats_a"), ("B", "nats_b")):
+        per_domain = [
+            math.fsum(n for n, d in zip(table[column], table["domain"], strict=True) if d == name)
+            / (math.log(2) * sum(b for b, d in zip(table["bytes"], table["domain"], strict=True)
+                                 if d == name))
+            for name in ("common", "rare")
+        ]  # fmt: skip
+        assert result["macro"][model] == pytest.approx(sum(per_domain) / 2, rel=1e-12)
+    assert result["macro"]["domains"] == 2
+    macro_row = next(line for line in reference["stdout"].splitlines() if "macro" in line)
+    assert macro_row.startswith("macro: mean of 2")
+    assert macro_row.split()[-3:-1] == [f"{result['macro'][m]:.4f}" for m in ("A", "B")]
+    micro_row = next(line for line in reference["stdout"].splitlines() if "micro" in line)
+    assert micro_row.startswith("micro: all bytes")
 
     # The terminal table: aligned columns, both models' bpb as in the JSON.
     lines = reference["stdout"].splitlines()

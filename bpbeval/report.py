@@ -1,0 +1,249 @@
+"""What compare shows and writes: the terminal report, JSON, per-document Parquet and plot.
+
+Everything here renders a :class:`bpbeval.compare.Comparison` and the two models' scores;
+nothing computes a figure that the JSON and the terminal could then disagree on. Every
+renderer returns text or bytes, so that compare renders every output before writing any.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import bpbeval
+from bpbeval.errors import MissingDependencyError
+from bpbeval.eval import summary
+from bpbeval.results import Scores, bits_per_byte
+from bpbeval.statistics import (
+    CONFIDENCE,
+    POWER,
+    ModelFigures,
+    PairedFigures,
+    enumerates_all_flips,
+)
+
+if TYPE_CHECKING:
+    from bpbeval.compare import Comparison
+
+MODELS = ("A", "B")
+
+
+def _model_figures(figures: ModelFigures, documents: int) -> dict[str, object]:
+    # The figures eval reports for a whole run, here for a domain, plus the nats to pool them.
+    return {
+        "bits_per_byte": figures.bits_per_byte,
+        "bits_per_token": figures.bits_per_token,
+        "bytes_per_token": figures.bytes_per_token,
+        "tokens": figures.tokens,
+        "documents": documents,
+        "bytes": figures.bytes,
+        "nats": figures.nats,
+    }
+
+
+def _paired(figures: PairedFigures) -> dict[str, object]:
+    return {
+        "delta_bpb": figures.delta,
+        "ci": None if figures.ci is None else list(figures.ci),
+        "a_wins": figures.a_wins,
+        "ties": figures.ties,
+        "correlation": figures.correlation,
+        "documents": figures.documents,
+        "verdict": figures.verdict,
+        "p_value": figures.p_value,
+        "mde": figures.mde,
+    }
+
+
+def _macro(comparison: Comparison) -> dict[str, object] | None:
+    if comparison.macro is None:
+        return None
+    a, b = comparison.macro
+    return {"A": a, "B": b, "delta_bpb": a - b, "domains": len(comparison.domains)}
+
+
+def to_json(
+    comparison: Comparison,
+    models: dict[str, dict[str, object]],
+    scores: dict[str, Scores],
+    settings: dict[str, object],
+) -> str:
+    """Every figure and setting as JSON; the same inputs always give the same bytes.
+
+    Keys are sorted and nothing depends on time, world size or where outputs go.
+    """
+    out = {
+        "bpbeval": bpbeval.__version__,
+        "models": {m: {**models[m], **summary(scores[m]), "nats": scores[m].nats} for m in MODELS},
+        "overall": _paired(comparison.overall),
+        "macro": _macro(comparison),
+        "domains": {
+            domain: {
+                "A": _model_figures(f.a, f.documents),
+                "B": _model_figures(f.b, f.documents),
+                **_paired(f),
+            }
+            for domain, f in comparison.domains.items()
+        },
+        "settings": {**settings, "bootstrap_confidence": CONFIDENCE},
+    }
+    return json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def per_document_parquet(a: Scores, b: Scores) -> bytes:
+    """Per-document results as Parquet bytes: id, domain, bytes, then nats and tokens per model."""
+    docs_a, docs_b = a.documents, b.documents
+    table = pa.table(
+        {
+            "id": pa.array(docs_a.id.tolist(), pa.string()),
+            "domain": pa.array(docs_a.domain.tolist(), pa.string()),
+            "bytes": pa.array(docs_a.bytes, pa.int64()),
+            "nats_a": pa.array(docs_a.nats, pa.float64()),
+            "tokens_a": pa.array(docs_a.tokens, pa.int64()),
+            "nats_b": pa.array(docs_b.nats, pa.float64()),
+            "tokens_b": pa.array(docs_b.tokens, pa.int64()),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def pyplot() -> ModuleType:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingDependencyError(
+            "--plot needs matplotlib, which is not installed: pip install 'bpbeval[plot]'"
+        ) from e
+    matplotlib.use("Agg")  # files only: never a window, works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_png(a: Scores, b: Scores) -> bytes:
+    """PNG bytes: per-document bpb of A against B, and a histogram of per-document Δbpb."""
+    plt = pyplot()
+    scored = a.documents.bytes > 0
+    bpb_a = bits_per_byte(a.documents.nats[scored], a.documents.bytes[scored])
+    bpb_b = bits_per_byte(b.documents.nats[scored], b.documents.bytes[scored])
+    fig, (scatter, histogram) = plt.subplots(1, 2, figsize=(10, 4.5), dpi=100)
+    scatter.scatter(bpb_b, bpb_a, s=8, alpha=0.6)
+    low, high = min(bpb_a.min(), bpb_b.min()), max(bpb_a.max(), bpb_b.max())
+    scatter.plot([low, high], [low, high], color="grey", linewidth=1)  # A = B
+    scatter.set(
+        xlabel="bpb of B", ylabel="bpb of A", title="per document (below the line: A better)"
+    )
+    histogram.hist(bpb_a - bpb_b, bins=40)
+    histogram.axvline(0, color="grey", linewidth=1)
+    histogram.set(xlabel="bpb of A − bpb of B", ylabel="documents", title="per-document Δbpb")
+    histogram.yaxis.get_major_locator().set_params(integer=True)  # counts of documents
+    fig.tight_layout()
+    sink = io.BytesIO()
+    fig.savefig(sink, format="png")
+    plt.close(fig)
+    return sink.getvalue()
+
+
+def terminal(
+    comparison: Comparison, models: dict[str, dict[str, object]], scores: dict[str, Scores]
+) -> str:
+    """The terminal report: both models side by side, the paired figures, then per domain."""
+    figures = {m: summary(scores[m]) for m in MODELS}
+    per_model = [["", *MODELS], ["checkpoint", *(str(models[m]["checkpoint"]) for m in MODELS)]]
+    per_model += [
+        [label, *(fmt.format(figures[m][key]) for m in MODELS)] for label, key, fmt in _MODEL_ROWS
+    ]
+    overall = comparison.overall
+    resampled = f"{overall.replicates} replicates of {overall.documents} documents"
+    detectable = "n/a" if overall.mde is None else f"{overall.mde:.6f} bpb ({POWER:.0%} power)"
+    paired = [
+        ("Δbpb (A − B)", f"{overall.delta:+.6f}"),
+        (f"{CONFIDENCE:.0%} CI", _interval(overall, 6) or f"none, {overall.too_few}"),
+        ("bootstrap", resampled if overall.ci else "not run"),
+        ("p (sign flip)", f"{overall.p_value:.4g} ({_flips(overall)})"),
+        ("detectable", detectable),
+        ("A wins", f"{overall.a_wins:.1%} of documents ({overall.ties:.1%} ties)"),
+        ("correlation", _correlation(overall.correlation)),
+    ]
+    width = max(len(label) for label, _ in paired)
+    lines = [_table(per_model), ""]
+    lines += [f"{label:<{width}}  {value}" for label, value in paired]
+    lines += ["", overall.verdict]
+    if any(scores[m].bytes_from_text for m in MODELS):
+        lines.append("note: bytes are the texts' own UTF-8 bytes (--allow-inexact-bytes)")
+    if comparison.domains:
+        rows = [["domain", "docs", "bytes", "bpb A", "bpb B", "Δbpb", "CI", "A wins", "corr"]]
+        rows += [
+            [
+                domain or "(none)",
+                f"{f.documents:,}",
+                f"{f.a.bytes:,}",
+                f"{f.a.bits_per_byte:.4f}",
+                f"{f.b.bits_per_byte:.4f}",
+                f"{f.delta:+.4f}",
+                _interval(f, 4) or "too few",
+                f"{f.a_wins:.1%}",
+                _correlation(f.correlation),
+            ]
+            for domain, f in comparison.domains.items()
+        ]
+        if comparison.macro is not None:
+            a, b = comparison.macro
+            micro = _bpbs(overall.a.bits_per_byte, overall.b.bits_per_byte)
+            total = (f"{overall.documents:,}", f"{overall.a.bytes:,}")
+            rows += [
+                ["micro: all bytes", *total, *micro, "", "", ""],
+                [f"macro: mean of {len(comparison.domains)}", "", "", *_bpbs(a, b), "", "", ""],
+            ]
+        lines += ["", _table(rows)]
+    return "\n".join(lines)
+
+
+_MODEL_ROWS = (
+    ("bits per byte", "bits_per_byte", "{:.6f}"),
+    ("bits per token", "bits_per_token", "{:.6f}"),
+    ("bytes per token", "bytes_per_token", "{:.4f}"),
+    ("tokens", "tokens", "{:,}"),
+    ("documents", "documents", "{:,}"),
+    ("bytes", "bytes", "{:,}"),
+)
+
+
+def _flips(figures: PairedFigures) -> str:
+    if enumerates_all_flips(figures.documents, figures.replicates):
+        return f"exact: all {2**figures.documents} sign vectors"
+    return f"{figures.replicates} random sign flips"
+
+
+def _bpbs(a: float, b: float) -> list[str]:
+    return [f"{a:.4f}", f"{b:.4f}", f"{a - b:+.4f}"]
+
+
+def _interval(figures: PairedFigures, digits: int) -> str | None:
+    if figures.ci is None:
+        return None
+    lo, hi = figures.ci
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _correlation(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.4f}"
+
+
+def _table(rows: list[list[str]]) -> str:
+    # First column left-aligned (labels), the others right-aligned (numbers).
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
