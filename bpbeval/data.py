@@ -123,13 +123,20 @@ _Rows = Iterator[tuple[int | None, tuple[str, str | None] | None]]
 
 
 def _read_parquet(
-    path: Path, text_column: str, domain_column: str | None, wanted: Callable[[int], bool]
+    path: Path,
+    text_column: str,
+    domain_column: str | None,
+    wanted: Callable[[int], bool],
+    *,
+    domain_required: bool,
 ) -> _Rows:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     names = pf.schema_arrow.names
+    if domain_column not in names and not domain_required:
+        domain_column = None
     columns = [c for c in (text_column, domain_column) if c is not None]
     for column in columns:
         if column not in names:
@@ -169,14 +176,19 @@ def _read_parquet(
 
 
 def _read_jsonl(
-    path: Path, text_column: str, domain_column: str | None, wanted: Callable[[int], bool]
+    path: Path,
+    text_column: str,
+    domain_column: str | None,
+    wanted: Callable[[int], bool],
+    *,
+    domain_required: bool,
 ) -> _Rows:
     offset = row = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}: line {lineno}"
             start, offset = offset, offset + len(raw)
-            if not raw.strip():  # bytes.strip: ASCII whitespace, all str.strip finds in UTF-8
+            if not raw.strip():  # JSON's whitespace is ASCII; a line of other space is malformed
                 continue
             if not wanted(row):
                 yield None, None
@@ -189,7 +201,7 @@ def _read_jsonl(
                 raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            for column in (text_column, domain_column):
+            for column in (text_column, domain_column if domain_required else None):
                 if column is not None and column not in obj:
                     raise DataError(
                         f"{where}: no key {column!r}; the keys are {sorted(obj)}; "
@@ -206,7 +218,9 @@ def _read_jsonl(
                     f"{where}: key {text_column!r} holds a lone surrogate {text[e.start]!r}, "
                     "which is not text and has no UTF-8 bytes"
                 ) from None
-            domain = _domain(obj[domain_column], where, domain_column) if domain_column else None
+            domain = None
+            if domain_column is not None and domain_column in obj:
+                domain = _domain(obj[domain_column], where, domain_column)
             yield nbytes, (text, domain)
             row += 1
 
@@ -257,7 +271,7 @@ class Corpus:
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (d / "a.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+        >>> _ = (d / "a.jsonl").write_text('{"text": "a"}\\n{"text": "b"}\\n{"text": "c"}\\n')
         >>> [(i, doc.id) for i, doc in Corpus(d).shard(1, 2)]
         [(1, 'a.jsonl:1')]
     """
@@ -294,6 +308,8 @@ class Corpus:
         if skipped and self.on_skipped is not None:
             self.on_skipped(_skipped_notice(skipped))
         measure = self.max_bytes is not None
+        domain_column = self.domain_column or DOMAIN_COLUMN
+        required = self.domain_column is not None
         for key, path in files:
             first = count
 
@@ -302,9 +318,13 @@ class Corpus:
 
             suffix = path.suffix.lower()
             if suffix == ".parquet":
-                rows = _read_parquet(path, self.text_column, self.domain_column, wanted)
+                rows = _read_parquet(
+                    path, self.text_column, domain_column, wanted, domain_required=required
+                )
             elif suffix == ".jsonl":
-                rows = _read_jsonl(path, self.text_column, self.domain_column, wanted)
+                rows = _read_jsonl(
+                    path, self.text_column, domain_column, wanted, domain_required=required
+                )
             else:
                 rows = _read_text(path, wanted)
             for row, (nbytes, decoded) in enumerate(rows):

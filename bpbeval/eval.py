@@ -10,14 +10,14 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from bpbeval import distributed
 from bpbeval.checkpoint import Checkpoint, load
 from bpbeval.cli import ArgumentParser, notice, positive_int, run, torch_device
-from bpbeval.data import Document, read_documents
+from bpbeval.data import Corpus, Document
 from bpbeval.errors import ScoringError
 from bpbeval.files import atomic_write_text, check_output_file
 from bpbeval.scoring import DEFAULT_BATCH_TOKENS, Scores, score_documents
@@ -102,24 +102,23 @@ def load_checkpoint(args: argparse.Namespace, spec: str) -> Checkpoint:
     )
 
 
-def read_scoring_documents(args: argparse.Namespace) -> list[Document]:
-    """The documents the scoring arguments select, in a fixed order; rank 0 names what it skips."""
-    return list(
-        read_documents(
-            args.data,
-            text_column=args.text_column,
-            domain_column=args.domain_column,
-            max_docs=args.max_docs,
-            max_bytes=args.max_bytes,
-            on_skipped=notice if distributed.rank() == 0 else None,
-        )
+def read_scoring_documents(args: argparse.Namespace) -> Corpus:
+    """The documents the scoring arguments select, in a fixed order, streamed (each rank
+    decodes only its own); rank 0 names what it skips."""
+    return Corpus(
+        args.data,
+        text_column=args.text_column,
+        domain_column=args.domain_column,
+        max_docs=args.max_docs,
+        max_bytes=args.max_bytes,
+        on_skipped=notice if distributed.rank() == 0 else None,
     )
 
 
 def score(
     args: argparse.Namespace,
     checkpoint: Checkpoint,
-    documents: Sequence[Document],
+    documents: Iterable[Document],
     **options: object,
 ) -> Scores:
     """:func:`score_documents` with the scoring arguments' windows and hardware."""

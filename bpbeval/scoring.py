@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from bpbeval import distributed
 from bpbeval.checkpoint import Checkpoint
-from bpbeval.data import Document
+from bpbeval.data import Corpus, Document
 from bpbeval.errors import CheckpointError, DataError, ScoringError
 from bpbeval.losses import DEFAULT_CHUNK_SIZE, token_nats
 from bpbeval.metric import BitsPerByte
@@ -248,6 +248,8 @@ def score_documents(
         checkpoint: the model and its tokenizer (:func:`bpbeval.checkpoint.load`).
         documents: all documents, streamed once; under a process group each rank
             takes every ``world_size``-th one, and every rank must pass the same stream.
+            From a :class:`~bpbeval.data.Corpus`, a rank decodes only its own, and the
+            progress bar's total is the corpus's size.
         stride: tokens scored per window after the first; default half the context.
         context_len: tokens per window, at most the model's; default the model's.
         batch_tokens: padded positions per forward pass (a window longer than this
@@ -260,7 +262,8 @@ def score_documents(
             bytes, divide by the text's bytes instead of stopping.
         cache: per-document results to reuse and fill.
         progress: show a progress bar on rank 0.
-        progress_bytes: the corpus's UTF-8 bytes, if known up front (the bar's total).
+        progress_bytes: the corpus's UTF-8 bytes, if known up front (the bar's total);
+            default a ``Corpus``'s estimate.
 
     Raises:
         ScoringError: bad lengths or batch sizes, a non-causal model, or a tokenizer
@@ -290,7 +293,10 @@ def score_documents(
     token_bytes = tokenizer.token_bytes().numpy().astype(np.int64)
     metric = BitsPerByte(tokenizer.token_bytes(device), validate_args=False)
     results = _Results()
-    bar = _Progress(progress and distributed.rank() == 0, progress_bytes)
+    show = progress and distributed.rank() == 0
+    if show and progress_bytes is None and isinstance(documents, Corpus):
+        progress_bytes = documents.size_bytes()
+    bar = _Progress(show, progress_bytes)
     inexact: tuple[int, str, int, int] | None = None  # this rank's first, by input position
 
     def finished(record: _Record) -> None:
@@ -323,7 +329,9 @@ def score_documents(
 
     encoded = _Ahead(
         _encode(
-            distributed.shard_stream(documents),
+            documents.shard(distributed.rank(), distributed.world_size())
+            if isinstance(documents, Corpus)
+            else distributed.shard_stream(documents),
             tokenizer,
             token_bytes,
             cache,
@@ -701,20 +709,15 @@ def _check_metric(nats: float, tokens: int, doc_nats: np.ndarray, doc_tokens: np
 class _Progress:
     """One bar over the UTF-8 bytes of finished documents, with tokens/s and documents done.
 
-    Under ``torchrun`` rank 0 shows its own share: the total is divided by the world size.
+    The bar appears with the first finished document: an error in reading the corpus
+    leaves no empty bar above it. Under ``torchrun`` rank 0 shows its own share: the
+    total is divided by the world size.
     """
 
     def __init__(self, show: bool, total_bytes: int | None) -> None:
         self._show = show
-        total = None if total_bytes is None else -(-total_bytes // distributed.world_size())
-        self._bar = tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            disable=not show,
-            desc="scoring",
-            dynamic_ncols=True,
-        )
+        self._total = None if total_bytes is None else -(-total_bytes // distributed.world_size())
+        self._bar: tqdm | None = None
         self._documents = self._tokens = 0
 
     def scored(self, tokens: int) -> None:
@@ -723,10 +726,15 @@ class _Progress:
     def finished(self, record: _Record) -> None:
         if not self._show:
             return
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self._total, unit="B", unit_scale=True, desc="scoring", dynamic_ncols=True
+            )
         self._documents += 1
         rate = self._tokens / max(1e-9, self._bar.format_dict["elapsed"])
         self._bar.set_postfix_str(f"{rate:,.0f} tok/s, docs {self._documents:,}", refresh=False)
         self._bar.update(len(record.document.text.encode("utf-8")))
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
