@@ -98,7 +98,7 @@ def to_json(
 def per_document_parquet(a: Scores, b: Scores) -> bytes:
     """Per-document results as Parquet bytes: id, domain, bytes, then nats and tokens per model."""
     docs_a, docs_b = a.documents, b.documents
-    table = pa.table(
+    columns = pa.table(
         {
             "id": pa.array(docs_a.id.tolist(), pa.string()),
             "domain": pa.array(docs_a.domain.tolist(), pa.string()),
@@ -110,7 +110,7 @@ def per_document_parquet(a: Scores, b: Scores) -> bytes:
         }
     )
     sink = io.BytesIO()
-    pq.write_table(table, sink)
+    pq.write_table(columns, sink)
     return sink.getvalue()
 
 
@@ -173,7 +173,7 @@ def terminal(
         ("correlation", _correlation(overall.correlation)),
     ]
     width = max(len(label) for label, _ in paired)
-    lines = [_table(per_model), ""]
+    lines = [table(per_model), ""]
     lines += [f"{label:<{width}}  {value}" for label, value in paired]
     lines += ["", overall.verdict]
     if any(scores[m].bytes_from_text for m in MODELS):
@@ -202,7 +202,7 @@ def terminal(
                 ["micro: all bytes", *total, *micro, "", "", ""],
                 [f"macro: mean of {len(comparison.domains)}", "", "", *_bpbs(a, b), "", "", ""],
             ]
-        lines += ["", _table(rows)]
+        lines += ["", table(rows)]
     return "\n".join(lines)
 
 
@@ -237,8 +237,15 @@ def _correlation(r: float | None) -> str:
     return "n/a" if r is None else f"{r:.4f}"
 
 
-def _table(rows: list[list[str]]) -> str:
-    # First column left-aligned (labels), the others right-aligned (numbers).
+def table(rows: list[list[str]]) -> str:
+    """Rows as aligned columns: the first left-aligned (labels), the others right (numbers).
+
+    Example:
+        >>> print(table([["name", "n"], ["a", "10"], ["bb", "2"]]))
+        name   n
+        a     10
+        bb     2
+    """
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(

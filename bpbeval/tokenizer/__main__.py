@@ -2,7 +2,8 @@
 
     train        train a tokenizer on Parquet/JSONL/text files and save it
     audit        check that a tokenizer's token_bytes conserve the bytes of a corpus
-    compare      bytes per token of several tokenizers on the same documents
+    compare      bytes per token of several tokenizers on the same documents, overall and
+                 by character class and script
     token-bytes  write a tokenizer's exact byte table as nanochat's token_bytes.pt
 
 A tokenizer is named as :func:`bpbeval.tokenizer.loading.load_tokenizer` reads it: a bpbeval
@@ -16,15 +17,19 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, islice
 
+import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
+from bpbeval.attribution import CLASSES, attribute
 from bpbeval.cli import ArgumentParser, int_at_least, notice, positive_int, run
 from bpbeval.data import cap_texts, read_documents
 from bpbeval.errors import DataError
 from bpbeval.files import check_output_directory, check_output_file
 from bpbeval.integrations.nanochat import save_token_bytes
+from bpbeval.report import table
 from bpbeval.tokenizer.audit import AuditReport, audit
-from bpbeval.tokenizer.core import SAVED_FILES, train
+from bpbeval.tokenizer.core import SAVED_FILES, TextTokenizer, train
 from bpbeval.tokenizer.loading import load_tokenizer
 
 
@@ -128,8 +133,8 @@ def _audit(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     texts = _texts(args)
     rows: list[tuple[str, int, AuditReport]] = []
-    for spec in args.tokenizers:
-        tokenizer = load_tokenizer(spec)
+    tokenizers = [load_tokenizer(spec) for spec in args.tokenizers]
+    for spec, tokenizer in zip(args.tokenizers, tokenizers, strict=True):
         rows.append((spec, tokenizer.vocab_size, audit(tokenizer, texts)))
     width = max(len("tokenizer"), *(len(spec) for spec, _, _ in rows))
     print(f"{len(texts)} documents, {rows[0][2].expected_bytes:,} bytes")
@@ -138,7 +143,39 @@ def _compare(args: argparse.Namespace) -> int:
         bpt = report.expected_bytes / max(report.tokens, 1)
         exact = "yes" if report.ok else f"no ({len(report.violations)} texts)"
         print(f"{spec:<{width}}  {vocab:>7}  {report.tokens:>12,}  {bpt:>11.3f}  {exact}")
+    print()
+    print(_class_table(args.tokenizers, [_tokens_by_class(t, texts) for t in tokenizers]))
     return 0
+
+
+def _tokens_by_class(
+    tokenizer: TextTokenizer, texts: list[str]
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    # Tokens and bytes per character class. A token spanning classes counts in each by its
+    # share of bytes, the rule that attributes nats (bpbeval.attribution), with 1 per token in
+    # place of nats. Texts whose tokens do not add up to their bytes are left out (the table
+    # above says how many).
+    table = tokenizer.token_bytes().numpy()
+    tokens = np.zeros(len(CLASSES))
+    n_bytes = np.zeros(len(CLASSES), dtype=np.int64)
+    for text, ids in zip(texts, tokenizer.encode_batch(texts), strict=True):
+        lengths = table[ids]
+        if (lengths > 0).all() and int(lengths.sum()) == len(text.encode("utf-8")):
+            part = attribute(text, np.ones(len(ids)), lengths)
+            tokens += part.class_nats
+            n_bytes += part.class_bytes
+    return tokens, n_bytes
+
+
+def _class_table(
+    specs: list[str], counts: list[tuple[NDArray[np.float64], NDArray[np.int64]]]
+) -> str:
+    n_bytes = counts[0][1]
+    rows = [["bytes per token by class", "bytes", "share", *specs]]
+    for k in np.flatnonzero(n_bytes):
+        ratios = [f"{b[k] / t[k]:.3f}" if t[k] > 0 else "n/a" for t, b in counts]
+        rows.append([CLASSES[k], f"{n_bytes[k]:,}", f"{n_bytes[k] / n_bytes.sum():.1%}", *ratios])
+    return table(rows)
 
 
 def _token_bytes(args: argparse.Namespace) -> int:
