@@ -27,6 +27,7 @@ from bench_metric import (
     seconds_per_call,
     update_speeds,
 )
+from gpu_scoring import check_scoring
 
 from bpbeval import BitsPerByte
 from bpbeval.checkpoint import load, save
@@ -102,6 +103,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
     check_no_sync(device)
     check_native_checkpoint(device)
+    check_scoring(device)  # gpu_scoring.py: the scoring engine against the CPU, syncs, NCCL
     print(f"update speed ({B * T} tokens per update):")
     print_speeds(update_speeds(device, args.repeats, torch.cuda.synchronize))
     print(f"per-token loss memory (N={args.tokens}, bf16):")
