@@ -36,10 +36,10 @@ PATTERNS = {
 # A run longer than the regex engine takes (it panics past 999,998 spaces).
 LONG = 1_200_000
 
+# Words of every branch of the patterns; \x1c is whitespace to Python's str, not to the regex.
 WORDS = ["a", "hello", "Hello", "don't", "I'LL", "été", "日本語", "42", "31415", "!!", "...",
          "'s", "x/y", "-", "\x1c", "\u0301"]  # fmt: skip
-# Every kind of whitespace the patterns treat differently, and \x1c, which Python's str
-# calls whitespace and the regex engine does not.
+# Every kind of whitespace the patterns treat differently.
 SPACES = [" ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x85", "\xa0", "\u2028", "\u3000"]
 
 
@@ -104,6 +104,7 @@ def test_split_encoding_is_tiktokens_token_for_token(encoding, text, min_run):
 
 @pytest.mark.parametrize("pattern", list(PATTERNS.values()), ids=list(PATTERNS))
 def test_a_run_inside_the_text_is_split_out(pattern):
+    # The property test above would also pass if nothing were ever split.
     text = "a" + " " * 9 + "b"
     assert core._split_long_runs(text, pattern, 4) == [("a", False), (" " * 8, True), (" b", False)]
 
