@@ -20,6 +20,8 @@ from typing import overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from bpbeval.attribution import Attributions
+
 LN2 = math.log(2)
 
 
@@ -172,6 +174,8 @@ class Scores:
         tokens: total tokens scored.
         bytes_from_text: True when the tokenizer was not byte-conservative on some
             document and ``allow_inexact_bytes`` made its text's bytes the denominator.
+        attribution: per-document nats and bytes by character class and position
+            (:mod:`bpbeval.attribution`), rows as ``documents``; ``None`` where not computed.
 
     Example:
         >>> s = Scores(DocumentScores.from_rows([]), 0.0, 0, 0, False)
@@ -184,6 +188,7 @@ class Scores:
     bytes: int
     tokens: int
     bytes_from_text: bool
+    attribution: Attributions | None = None
 
     @property
     def bits_per_byte(self) -> float:
