@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import functools
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,7 +211,7 @@ def byte_values(values: ArrayLike, token_lengths: ArrayLike) -> NDArray[np.float
     return np.repeat(np.asarray(values, dtype=np.float64) / lengths, lengths)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Attribution:
     """One document's nats and bytes by character class and by position bucket.
 
@@ -225,6 +226,16 @@ class Attribution:
     class_bytes: NDArray[np.int64]
     position_nats: NDArray[np.float64]
     position_bytes: NDArray[np.int64]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Attribution):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f), getattr(other, f))
+            for f in ("class_nats", "class_bytes", "position_nats", "position_bytes")
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # arrays inside
 
 
 def attribute(text: str, nats: ArrayLike, token_lengths: ArrayLike) -> Attribution:
@@ -272,3 +283,49 @@ def attribute(text: str, nats: ArrayLike, token_lengths: ArrayLike) -> Attributi
         position_nats=position_nats,
         position_bytes=np.maximum(ends - starts, 0),
     )
+
+
+@dataclass(frozen=True)
+class Attributions:
+    """Many documents' :class:`Attribution` as columns, one row per document, in input order.
+
+    Attributes:
+        class_nats: float64 [documents, len(CLASSES)].
+        class_bytes: int64 [documents, len(CLASSES)].
+        position_nats: float64 [documents, len(POSITIONS)].
+        position_bytes: int64 [documents, len(POSITIONS)].
+
+    Example:
+        >>> rows = [attribute("ab", [1.0, 2.0], [1, 1]), attribute("7", [4.0], [1])]
+        >>> columns = Attributions.from_rows(rows)
+        >>> len(columns), columns.class_bytes[:, CLASSES.index("digits")].tolist()
+        (2, [0, 1])
+        >>> columns[1] == rows[1]
+        True
+    """
+
+    class_nats: NDArray[np.float64]
+    class_bytes: NDArray[np.int64]
+    position_nats: NDArray[np.float64]
+    position_bytes: NDArray[np.int64]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Attribution]) -> Attributions:
+        """Columns from per-document rows."""
+        return cls(
+            np.array([r.class_nats for r in rows], dtype=np.float64).reshape(-1, len(CLASSES)),
+            np.array([r.class_bytes for r in rows], dtype=np.int64).reshape(-1, len(CLASSES)),
+            np.array([r.position_nats for r in rows], dtype=np.float64).reshape(-1, len(POSITIONS)),
+            np.array([r.position_bytes for r in rows], dtype=np.int64).reshape(-1, len(POSITIONS)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.class_nats)
+
+    def __getitem__(self, index: int) -> Attribution:
+        return Attribution(
+            self.class_nats[index],
+            self.class_bytes[index],
+            self.position_nats[index],
+            self.position_bytes[index],
+        )
