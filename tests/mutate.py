@@ -36,7 +36,7 @@ TARGETS = {
     "functional": Target(
         "bpbeval/functional.py",
         ("*",),
-        ("tests/test_functional.py", "tests/test_metric.py"),
+        ("tests/test_functional.py", "tests/test_functional_contract.py", "tests/test_metric.py"),
         # torch.compile breaks its graph on mutmut's trampolines, with or without a mutant.
         deselect="not compile",
     ),
