@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bpbeval
+from bpbeval.attribution import CLASSES
 from bpbeval.errors import MissingDependencyError
 from bpbeval.eval import summary
 from bpbeval.results import Scores, bits_per_byte
@@ -24,13 +27,41 @@ from bpbeval.statistics import (
     POWER,
     ModelFigures,
     PairedFigures,
+    PartFigures,
     enumerates_all_flips,
 )
 
 if TYPE_CHECKING:
-    from bpbeval.compare import Comparison
+    from matplotlib.axes import Axes
+
+    from bpbeval.compare import Comparison, Highlight
 
 MODELS = ("A", "B")
+# The terminal shows classes holding at least this share of the bytes (the JSON has all),
+# and this many documents of each list.
+TERMINAL_SHARE = 0.01
+TERMINAL_DOCUMENTS = 3
+_HIGHLIGHT_TITLES = {
+    "a_beats_b": "documents where A beats B most",
+    "b_beats_a": "documents where B beats A most",
+    "hardest_a": "A's hardest documents",
+    "hardest_b": "B's hardest documents",
+}
+
+
+def model_names(models: dict[str, dict[str, object]]) -> dict[str, str]:
+    """What to call each model in a plot: its checkpoint's directory name, else A and B.
+
+    Example:
+        >>> model_names({"A": {"checkpoint": "runs/byte-level"}, "B": {"checkpoint": "x/bpe/"}})
+        {'A': 'byte-level', 'B': 'bpe'}
+        >>> model_names({"A": {"checkpoint": "a/ckpt"}, "B": {"checkpoint": "b/ckpt"}})
+        {'A': 'A: ckpt', 'B': 'B: ckpt'}
+    """
+    names = {m: Path(str(models[m]["checkpoint"])).name or m for m in MODELS}
+    if len(set(names.values())) < len(MODELS):
+        return {m: f"{m}: {name}" for m, name in names.items()}
+    return names
 
 
 def _model_figures(figures: ModelFigures, documents: int) -> dict[str, object]:
@@ -67,6 +98,20 @@ def _macro(comparison: Comparison) -> dict[str, object] | None:
     return {"A": a, "B": b, "delta_bpb": a - b, "domains": len(comparison.domains)}
 
 
+def _part(part: PartFigures) -> dict[str, object]:
+    return {
+        "bytes": part.bytes,
+        "share": part.share,
+        "documents": part.documents,
+        "nats_a": part.nats_a,
+        "nats_b": part.nats_b,
+        "bits_per_byte_a": part.bits_per_byte_a,
+        "bits_per_byte_b": part.bits_per_byte_b,
+        "delta_bpb": part.delta,
+        "ci": None if part.ci is None else list(part.ci),
+    }
+
+
 def to_json(
     comparison: Comparison,
     models: dict[str, dict[str, object]],
@@ -90,25 +135,38 @@ def to_json(
             }
             for domain, f in comparison.domains.items()
         },
+        "classes": {name: _part(p) for name, p in comparison.classes.items()},
+        "positions": {name: _part(p) for name, p in comparison.positions.items()},
+        "documents": {
+            key: [asdict(h) for h in rows] for key, rows in comparison.highlights.items()
+        },
         "settings": {**settings, "bootstrap_confidence": CONFIDENCE},
     }
     return json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def per_document_parquet(a: Scores, b: Scores) -> bytes:
-    """Per-document results as Parquet bytes: id, domain, bytes, then nats and tokens per model."""
+    """Per-document results as Parquet bytes: id, domain, bytes, then nats and tokens per model.
+
+    With attribution, then for each class ``c`` of :data:`CLASSES`: ``bytes_c``, ``nats_a_c``
+    and ``nats_b_c``.
+    """
     docs_a, docs_b = a.documents, b.documents
-    columns = pa.table(
-        {
-            "id": pa.array(docs_a.id.tolist(), pa.string()),
-            "domain": pa.array(docs_a.domain.tolist(), pa.string()),
-            "bytes": pa.array(docs_a.bytes, pa.int64()),
-            "nats_a": pa.array(docs_a.nats, pa.float64()),
-            "tokens_a": pa.array(docs_a.tokens, pa.int64()),
-            "nats_b": pa.array(docs_b.nats, pa.float64()),
-            "tokens_b": pa.array(docs_b.tokens, pa.int64()),
-        }
-    )
+    data = {
+        "id": pa.array(docs_a.id.tolist(), pa.string()),
+        "domain": pa.array(docs_a.domain.tolist(), pa.string()),
+        "bytes": pa.array(docs_a.bytes, pa.int64()),
+        "nats_a": pa.array(docs_a.nats, pa.float64()),
+        "tokens_a": pa.array(docs_a.tokens, pa.int64()),
+        "nats_b": pa.array(docs_b.nats, pa.float64()),
+        "tokens_b": pa.array(docs_b.tokens, pa.int64()),
+    }
+    if a.attribution is not None and b.attribution is not None:
+        for k, name in enumerate(CLASSES):
+            data[f"bytes_{name}"] = pa.array(a.attribution.class_bytes[:, k], pa.int64())
+            data[f"nats_a_{name}"] = pa.array(a.attribution.class_nats[:, k], pa.float64())
+            data[f"nats_b_{name}"] = pa.array(b.attribution.class_nats[:, k], pa.float64())
+    columns = pa.table(data)
     sink = io.BytesIO()
     pq.write_table(columns, sink)
     return sink.getvalue()
@@ -127,28 +185,71 @@ def pyplot() -> ModuleType:
     return plt
 
 
-def plot_png(a: Scores, b: Scores) -> bytes:
-    """PNG bytes: per-document bpb of A against B, and a histogram of per-document Δbpb."""
+def plot_png(comparison: Comparison, scores: dict[str, Scores], names: dict[str, str]) -> bytes:
+    """PNG bytes: per-document bpb of A against B, a histogram of per-document Δbpb and, with
+    attribution, Δbpb by character class (with its interval) and bpb by context position.
+
+    ``names`` (see :func:`model_names`) label every panel.
+    """
     plt = pyplot()
-    scored = a.documents.bytes > 0
-    bpb_a = bits_per_byte(a.documents.nats[scored], a.documents.bytes[scored])
-    bpb_b = bits_per_byte(b.documents.nats[scored], b.documents.bytes[scored])
-    fig, (scatter, histogram) = plt.subplots(1, 2, figsize=(10, 4.5), dpi=100)
+    a, b = scores["A"].documents, scores["B"].documents
+    scored = a.bytes > 0
+    bpb_a = bits_per_byte(a.nats[scored], a.bytes[scored])
+    bpb_b = bits_per_byte(b.nats[scored], b.bytes[scored])
+    name_a, name_b = names["A"], names["B"]
+    panels = 4 if comparison.classes else 2
+    fig, axes = plt.subplots(panels // 2, 2, figsize=(10, 4.5 * (panels // 2)), dpi=100)
+    scatter, histogram, *attributed = axes.flat
     scatter.scatter(bpb_b, bpb_a, s=8, alpha=0.6)
     low, high = min(bpb_a.min(), bpb_b.min()), max(bpb_a.max(), bpb_b.max())
     scatter.plot([low, high], [low, high], color="grey", linewidth=1)  # A = B
     scatter.set(
-        xlabel="bpb of B", ylabel="bpb of A", title="per document (below the line: A better)"
+        xlabel=f"bpb of {name_b}",
+        ylabel=f"bpb of {name_a}",
+        title=f"per document (below the line: {name_a} better)",
     )
     histogram.hist(bpb_a - bpb_b, bins=40)
     histogram.axvline(0, color="grey", linewidth=1)
-    histogram.set(xlabel="bpb of A − bpb of B", ylabel="documents", title="per-document Δbpb")
+    histogram.set(
+        xlabel=f"bpb of {name_a} − bpb of {name_b}", ylabel="documents", title="per-document Δbpb"
+    )
     histogram.yaxis.get_major_locator().set_params(integer=True)  # counts of documents
+    if attributed:
+        by_class, by_position = attributed
+        _class_panel(by_class, comparison.classes, name_a, name_b)
+        _position_panel(by_position, comparison.positions, name_a, name_b)
     fig.tight_layout()
     sink = io.BytesIO()
     fig.savefig(sink, format="png")
     plt.close(fig)
     return sink.getvalue()
+
+
+def _class_panel(ax: Axes, classes: dict[str, PartFigures], name_a: str, name_b: str) -> None:
+    names = list(classes)
+    deltas = [p.delta for p in classes.values()]
+    # Error bars from the interval; a class too rare for one gets none.
+    below = [0.0 if p.ci is None else p.delta - p.ci[0] for p in classes.values()]
+    above = [0.0 if p.ci is None else p.ci[1] - p.delta for p in classes.values()]
+    ax.barh(names, deltas, xerr=[below, above], capsize=3)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.invert_yaxis()  # CLASSES order, top to bottom
+    ax.set(
+        xlabel=f"Δbpb, {name_a} − {name_b} ({CONFIDENCE:.0%} CI over documents)",
+        title="by character class (left of 0: " + name_a + " better)",
+    )
+
+
+def _position_panel(ax: Axes, positions: dict[str, PartFigures], name_a: str, name_b: str) -> None:
+    labels = list(positions)
+    x = range(len(labels))
+    ax.plot(x, [p.bits_per_byte_a for p in positions.values()], marker="o", label=name_a)
+    ax.plot(x, [p.bits_per_byte_b for p in positions.values()], marker="o", label=name_b)
+    ax.set_xticks(list(x), labels, rotation=30, ha="right")
+    ax.set(
+        xlabel="bytes of the document before the byte", ylabel="bpb", title="by context position"
+    )
+    ax.legend()
 
 
 def terminal(
@@ -167,7 +268,7 @@ def terminal(
         ("Δbpb (A − B)", f"{overall.delta:+.6f}"),
         (f"{CONFIDENCE:.0%} CI", _interval(overall, 6) or f"none, {overall.too_few}"),
         ("bootstrap", resampled if overall.ci else "not run"),
-        ("p (sign flip)", f"{overall.p_value:.4g} ({_flips(overall)})"),
+        ("sign-flip p", f"{overall.p_value:.4g} ({_flips(overall)})"),
         ("detectable", detectable),
         ("A wins", f"{overall.a_wins:.1%} of documents ({overall.ties:.1%} ties)"),
         ("correlation", _correlation(overall.correlation)),
@@ -203,7 +304,45 @@ def terminal(
                 [f"macro: mean of {len(comparison.domains)}", "", "", *_bpbs(a, b), "", "", ""],
             ]
         lines += ["", table(rows)]
+    if comparison.classes:
+        lines += ["", _class_table(comparison.classes), "", _position_table(comparison.positions)]
+    for key, rows in comparison.highlights.items():
+        if rows:
+            lines += ["", _HIGHLIGHT_TITLES[key], _highlight_table(rows[:TERMINAL_DOCUMENTS])]
     return "\n".join(lines)
+
+
+def _class_table(classes: dict[str, PartFigures]) -> str:
+    rows = [["by class", "share", "bpb A", "bpb B", "Δbpb", f"{CONFIDENCE:.0%} CI"]]
+    rows += [
+        [name, f"{p.share:.1%}", *_bpbs(p.bits_per_byte_a, p.bits_per_byte_b), _part_ci(p)]
+        for name, p in classes.items()
+        if p.share >= TERMINAL_SHARE
+    ]
+    return table(rows)
+
+
+def _position_table(positions: dict[str, PartFigures]) -> str:
+    rows = [["by position", "bytes", "bpb A", "bpb B", "Δbpb", f"{CONFIDENCE:.0%} CI"]]
+    rows += [
+        [name, f"{p.bytes:,}", *_bpbs(p.bits_per_byte_a, p.bits_per_byte_b), _part_ci(p)]
+        for name, p in positions.items()
+    ]
+    return table(rows)
+
+
+def _part_ci(part: PartFigures) -> str:
+    return "too few" if part.ci is None else f"[{part.ci[0]:+.4f}, {part.ci[1]:+.4f}]"
+
+
+def _highlight_table(rows: list[Highlight]) -> str:
+    cells = [["document", "bytes", "bpb A", "bpb B", "Δbpb"]]
+    cells += [[h.id, f"{h.bytes:,}", *_bpbs(h.bits_per_byte_a, h.bits_per_byte_b)] for h in rows]
+    # The snippets trail each line, left-aligned, being text.
+    lines = table(cells).splitlines()
+    width = max(len(line) for line in lines)
+    snippets = ["text", *(h.snippet for h in rows)]
+    return "\n".join(f"{line:<{width}}  {text}" for line, text in zip(lines, snippets, strict=True))
 
 
 _MODEL_ROWS = (
