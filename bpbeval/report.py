@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bpbeval
-from bpbeval.attribution import CLASSES
+from bpbeval.attribution import CLASSES, POSITIONS, Attributions
 from bpbeval.errors import MissingDependencyError
 from bpbeval.eval import summary
 from bpbeval.results import Scores, bits_per_byte
@@ -96,6 +97,53 @@ def _macro(comparison: Comparison) -> dict[str, object] | None:
         return None
     a, b = comparison.macro
     return {"A": a, "B": b, "delta_bpb": a - b, "domains": len(comparison.domains)}
+
+
+def breakdown(attribution: Attributions) -> dict[str, dict[str, dict[str, float | int]]]:
+    """One model's bpb by character class and by context position, as eval reports them.
+
+    Example:
+        >>> from bpbeval.attribution import attribute
+        >>> import math
+        >>> one = Attributions.from_rows([attribute("ab 1", [2.0, math.log(2), 1.0], [2, 1, 1])])
+        >>> breakdown(one)["classes"]["whitespace"]
+        {'bytes': 1, 'share': 0.25, 'nats': 0.6931471805599453, 'bits_per_byte': 1.0}
+    """
+    parts = {
+        "classes": (CLASSES, attribution.class_nats, attribution.class_bytes),
+        "positions": (POSITIONS, attribution.position_nats, attribution.position_bytes),
+    }
+    out = {}
+    for key, (names, nats, n_bytes) in parts.items():
+        total = int(n_bytes.sum())
+        out[key] = {
+            name: {
+                "bytes": int(n_bytes[:, k].sum()),
+                "share": int(n_bytes[:, k].sum()) / total,
+                "nats": math.fsum(nats[:, k]),
+                "bits_per_byte": bits_per_byte(math.fsum(nats[:, k]), int(n_bytes[:, k].sum())),
+            }
+            for k, name in enumerate(names)
+            if n_bytes[:, k].any()
+        }
+    return out
+
+
+def breakdown_tables(figures: dict[str, dict[str, dict[str, float | int]]]) -> str:
+    """The terminal form of :func:`breakdown`: classes with at least ``TERMINAL_SHARE`` of
+    the bytes, and every position bucket."""
+    classes = [["by class", "share", "bpb"]]
+    classes += [
+        [name, f"{f['share']:.1%}", f"{f['bits_per_byte']:.4f}"]
+        for name, f in figures["classes"].items()
+        if f["share"] >= TERMINAL_SHARE
+    ]
+    positions = [["by position", "bytes", "bpb"]]
+    positions += [
+        [name, f"{f['bytes']:,}", f"{f['bits_per_byte']:.4f}"]
+        for name, f in figures["positions"].items()
+    ]
+    return table(classes) + "\n\n" + table(positions)
 
 
 def _part(part: PartFigures) -> dict[str, object]:
