@@ -11,24 +11,22 @@ same JSON, byte for byte.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from bpbeval import distributed, report
-from bpbeval.attribution import CLASSES, POSITIONS
 from bpbeval.cache import ResultCache
 from bpbeval.checkpoint import Checkpoint
 from bpbeval.cli import ArgumentParser, int_at_least, run
 from bpbeval.data import Document
 from bpbeval.errors import ScoringError
 from bpbeval.eval import (
-    add_scoring_arguments,
+    ScoringOptions,
     load_checkpoint,
     read_scoring_documents,
     score,
@@ -36,28 +34,7 @@ from bpbeval.eval import (
 from bpbeval.files import atomic_write_bytes, check_output_file
 from bpbeval.report import MODELS
 from bpbeval.results import Scores
-from bpbeval.statistics import (
-    PairedFigures,
-    PartFigures,
-    paired_breakdown,
-    paired_figures,
-    paired_figures_by_domain,
-)
-
-# Documents listed each way: where A beats B most, where B beats A most, each model's hardest.
-HIGHLIGHTS = 10
-SNIPPET_CHARS = 60
-
-
-@dataclass(frozen=True)
-class Highlight:
-    """One document singled out, with the start of its text (whitespace collapsed)."""
-
-    id: str
-    bytes: int
-    bits_per_byte_a: float
-    bits_per_byte_b: float
-    snippet: str
+from bpbeval.statistics import PairedFigures, paired_figures, paired_figures_by_domain
 
 
 @dataclass(frozen=True)
@@ -69,19 +46,10 @@ class Comparison:
             "micro" average, where a domain weighs by its bytes.
         domains: the same figures within each domain, in sorted order; empty when
             no document has a domain.
-        classes: both models on the bytes of each character class (:data:`CLASSES`
-            order, classes present only); empty without attribution.
-        positions: the same by context position bucket (:data:`POSITIONS`).
-        highlights: up to ``HIGHLIGHTS`` documents each: ``a_beats_b`` and ``b_beats_a``
-            (largest per-document Δbpb each way, winners only), ``hardest_a`` and
-            ``hardest_b`` (highest bpb).
     """
 
     overall: PairedFigures
     domains: dict[str, PairedFigures]
-    classes: dict[str, PartFigures] = field(default_factory=dict)
-    positions: dict[str, PartFigures] = field(default_factory=dict)
-    highlights: dict[str, list[Highlight]] = field(default_factory=dict)
 
     @property
     def macro(self) -> tuple[float, float] | None:
@@ -138,41 +106,7 @@ def compare_scores(
     by_domain = {}
     if any(domain is not None for domain in domains):
         by_domain = paired_figures_by_domain(domains, *arrays, replicates=bootstrap, seed=seed)
-    classes, positions = {}, {}
-    if a.attribution is not None and b.attribution is not None:
-        x, y = a.attribution, b.attribution
-        options = {"replicates": bootstrap, "seed": seed}
-        classes = paired_breakdown(CLASSES, x.class_nats, y.class_nats, x.class_bytes, **options)
-        positions = paired_breakdown(
-            POSITIONS, x.position_nats, y.position_nats, x.position_bytes, **options
-        )
-    return Comparison(overall, by_domain, classes, positions, _highlights(documents, a, b))
-
-
-def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str, list[Highlight]]:
-    scored = np.flatnonzero(a.documents.bytes > 0)
-    bpb_a, bpb_b = a.documents.bits_per_byte[scored], b.documents.bits_per_byte[scored]
-    delta = bpb_a - bpb_b
-    # Stable sorts: ties go to the earlier document, so the lists are reproducible.
-    picks = {
-        "a_beats_b": [i for i in np.argsort(delta, kind="stable") if delta[i] < 0],
-        "b_beats_a": [i for i in np.argsort(-delta, kind="stable") if delta[i] > 0],
-        "hardest_a": list(np.argsort(-bpb_a, kind="stable")),
-        "hardest_b": list(np.argsort(-bpb_b, kind="stable")),
-    }
-    picks = {key: [int(scored[i]) for i in rows[:HIGHLIGHTS]] for key, rows in picks.items()}
-    wanted = {i for rows in picks.values() for i in rows}
-    snippets = {
-        i: " ".join(document.text[: 4 * SNIPPET_CHARS].split())[:SNIPPET_CHARS]
-        for i, document in enumerate(documents)
-        if i in wanted
-    }
-
-    def highlight(i: int) -> Highlight:
-        x, y = a.documents[i], b.documents[i]
-        return Highlight(x.id, x.bytes, x.bits_per_byte, y.bits_per_byte, snippets[i])
-
-    return {key: [highlight(i) for i in rows] for key, rows in picks.items()}
+    return Comparison(overall, by_domain)
 
 
 def _check_same_bytes(documents: Iterable[Document], a: Scores, b: Scores) -> None:
@@ -204,7 +138,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("checkpoint_a", metavar="CKPT_A", help="model A (see bpbeval.eval)")
     parser.add_argument("checkpoint_b", metavar="CKPT_B", help="model B")
-    add_scoring_arguments(parser)
+    ScoringOptions.add_arguments(parser)
     parser.add_argument(
         "--bootstrap",
         type=int_at_least(1),
@@ -216,12 +150,18 @@ def build_parser() -> ArgumentParser:
         "--seed", type=int_at_least(0), default=0, help="bootstrap seed (default 0)"
     )
     parser.add_argument(
-        "--cache", metavar="DIR", help="keep per-document results here; a rerun resumes"
+        "--cache",
+        metavar="DIR",
+        help="keep per-document results here; a rerun resumes (default: none)",
     )
-    parser.add_argument("--json", metavar="FILE", help="write every figure and the settings")
-    parser.add_argument("--per-doc", metavar="FILE", help="write per-document results (Parquet)")
     parser.add_argument(
-        "--plot", metavar="FILE.png", help="plot per-document bpb (needs matplotlib)"
+        "--json", metavar="FILE", help="write every figure and the settings (default: none)"
+    )
+    parser.add_argument(
+        "--per-doc", metavar="FILE", help="write per-document results, Parquet (default: none)"
+    )
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="plot per-document bpb, needs matplotlib (default: none)"
     )
     return parser
 
@@ -246,12 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         report.pyplot()
     with distributed.process_group(args.device):
-        documents = read_scoring_documents(args)
+        options = ScoringOptions.from_args(args)
+        documents = read_scoring_documents(options)
         models, scores = {}, {}
         for name, spec in zip(MODELS, (args.checkpoint_a, args.checkpoint_b), strict=True):
-            checkpoint = load_checkpoint(args, spec)
+            checkpoint = load_checkpoint(options, spec)
             models[name] = _describe(checkpoint)
-            scores[name] = _score(name, checkpoint, documents, args)
+            scores[name] = _score(name, checkpoint, documents, options, args.cache)
             del checkpoint  # free A before loading B
         if distributed.rank() != 0:
             return 0
@@ -267,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_doc:
         outputs[args.per_doc] = report.per_document_parquet(scores["A"], scores["B"])
     if args.plot:
-        outputs[args.plot] = report.plot_png(comparison, scores, report.model_names(models))
+        outputs[args.plot] = report.plot_png(scores["A"], scores["B"])
     for path, data in outputs.items():
         atomic_write_bytes(path, data)
     return 0
@@ -284,23 +225,21 @@ def _describe(checkpoint: Checkpoint) -> dict[str, object]:
 
 
 def _score(
-    name: str, checkpoint: Checkpoint, documents: Iterable[Document], args: argparse.Namespace
+    name: str,
+    checkpoint: Checkpoint,
+    documents: Iterable[Document],
+    options: ScoringOptions,
+    cache_dir: str | None,
 ) -> Scores:
-    if args.cache is None:
-        return score(args, checkpoint, documents)
-    # Exactly the settings that change a document's score; batch size and world size do not.
-    settings = {
-        "stride": args.stride,
-        "context": args.context,
-        "dtype": args.dtype,
-        "allow_inexact_bytes": args.allow_inexact_bytes,
-    }
-    with ResultCache(args.cache, identity=checkpoint.identity, settings=settings) as cache:
-        result = score(args, checkpoint, documents, cache=cache)
+    if cache_dir is None:
+        return score(options, checkpoint, documents)
+    settings = options.cache_settings()
+    with ResultCache(cache_dir, identity=checkpoint.identity, settings=settings) as cache:
+        result = score(options, checkpoint, documents, cache=cache)
     counts = distributed.gather_to_rank0((cache.written, cache.hits))
     if counts is not None:
         scored, reused = (sum(column) for column in zip(*counts, strict=True))
-        print(f"{name}: {scored} documents scored, {reused} from {args.cache}", file=sys.stderr)
+        print(f"{name}: {scored} documents scored, {reused} from {cache_dir}", file=sys.stderr)
     return result
 
 

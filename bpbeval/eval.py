@@ -11,6 +11,8 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -25,113 +27,177 @@ from bpbeval.scoring import DEFAULT_BATCH_TOKENS, Scores, score_documents
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options that choose documents, windows and hardware (shared with compare)."""
-    data = parser.add_argument_group("documents")
-    data.add_argument(
-        "--data",
+def _option(group: str, help: str, *, cache_key: bool = False, **argparse: object) -> Any:
+    """A field of :class:`ScoringOptions`: its ``--flag``'s group, help and argparse settings."""
+    default = argparse.pop("default", None)
+    metadata = {"group": group, "help": help, "cache_key": cache_key, "argparse": argparse}
+    if argparse.get("required"):
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """The options eval and compare share: which documents, which windows, which hardware.
+
+    Each field is one ``--flag`` (:meth:`add_arguments`) whose help shows its default.
+    Fields declared with ``cache_key=True`` are those that change a document's score; they,
+    and only they, key the result cache (:meth:`cache_settings`), so an option added
+    here must say whether it does.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> ScoringOptions.add_arguments(parser)
+        >>> options = ScoringOptions.from_args(parser.parse_args(["--data", "x", "--stride", "8"]))
+        >>> options.stride, options.batch_tokens, sorted(options.cache_settings())
+        (8, 8192, ['allow_inexact_bytes', 'context', 'dtype', 'stride'])
+    """
+
+    data: list[str] = _option(  # noqa: RUF009  # a dataclasses.field, like the others
+        "documents",
+        "Parquet, JSONL or text files, or directories of them",
         nargs="+",
         required=True,
         metavar="PATH",
-        help="Parquet, JSONL or text files, or directories of them",
     )
-    data.add_argument("--text-column", default="text", help="column or key holding the text")
-    data.add_argument(
-        "--domain-column",
-        help="column or key holding a domain label (default: 'domain' where the data has it)",
+    text_column: str = _option(
+        "documents", "column or key holding the text (default: %(default)s)", default="text"
     )
-    data.add_argument("--max-docs", type=positive_int, help="score only the first N documents")
-    data.add_argument(
-        "--max-bytes",
+    domain_column: str | None = _option(
+        "documents",
+        "column or key holding a domain label (default: 'domain' where the data has it)",
+    )
+    max_docs: int | None = _option(
+        "documents", "score only the first N documents (default: all)", type=positive_int
+    )
+    max_bytes: int | None = _option(
+        "documents",
+        "score only the first documents that fit in N UTF-8 bytes (default: all)",
         type=positive_int,
-        help="score only the first documents that fit in N UTF-8 bytes",
     )
-    scoring = parser.add_argument_group("scoring")
-    scoring.add_argument(
-        "--stride",
+    stride: int | None = _option(
+        "scoring",
+        "tokens scored per window after the first (default: context / 2)",
+        cache_key=True,
         type=positive_int,
-        help="tokens scored per window after the first (default: context / 2)",
     )
-    scoring.add_argument(
-        "--context",
+    context: int | None = _option(
+        "scoring",
+        "tokens per window (default and maximum: the model's context)",
+        cache_key=True,
         type=positive_int,
-        help="tokens per window (default and maximum: the model's context)",
     )
-    scoring.add_argument(
-        "--batch-tokens",
-        type=positive_int,
+    batch_tokens: int = _option(
+        "scoring",
+        "padded positions per forward pass (default: %(default)s)",
         default=DEFAULT_BATCH_TOKENS,
-        metavar="N",
-        help="padded positions per forward pass (default %(default)s)",
-    )
-    scoring.add_argument(
-        "--batch-size",
         type=positive_int,
         metavar="N",
-        help="at most N windows per forward pass (default: as many as --batch-tokens allows)",
     )
-    scoring.add_argument(
-        "--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu"
+    batch_size: int | None = _option(
+        "scoring",
+        "at most N windows per forward pass (default: as many as --batch-tokens allows)",
+        type=positive_int,
+        metavar="N",
     )
-    scoring.add_argument("--dtype", choices=sorted(DTYPES), help="cast the model's weights")
-    scoring.add_argument(
-        "--loader",
+    device: str = _option(
+        "scoring",
+        "where to score (default: cuda if there is one, else cpu; here %(default)s)",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        type=torch_device,
+    )
+    dtype: str | None = _option(
+        "scoring",
+        "cast the model's weights (default: as saved)",
+        cache_key=True,
+        choices=sorted(DTYPES),
+    )
+    loader: str | None = _option(
+        "scoring",
+        "custom loader: FUNCTION(CKPT) returns (model, tokenizer) (default: none)",
         metavar="MODULE:FUNCTION",
-        help="custom loader: FUNCTION(CKPT) returns (model, tokenizer)",
     )
-    scoring.add_argument(
-        "--trust-remote-code",
+    trust_remote_code: bool = _option(
+        "scoring",
+        "let a Hugging Face model directory run its own code (default: off)",
+        default=False,
         action="store_true",
-        help="let a Hugging Face model directory run its own code",
     )
-    scoring.add_argument(
-        "--allow-inexact-bytes",
+    allow_inexact_bytes: bool = _option(
+        "scoring",
+        "if the tokens' bytes differ from the text's, divide by the text's (default: off)",
+        cache_key=True,
+        default=False,
         action="store_true",
-        help="if the tokens' bytes differ from the text's, divide by the text's",
     )
 
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per field, in groups."""
+        groups: dict[str, Any] = {}
+        for f in fields(cls):
+            group = f.metadata["group"]
+            if group not in groups:
+                groups[group] = parser.add_argument_group(group)
+            default = {} if f.default is MISSING else {"default": f.default}
+            groups[group].add_argument(
+                "--" + f.name.replace("_", "-"),
+                help=f.metadata["help"],
+                **default,
+                **f.metadata["argparse"],
+            )
 
-def load_checkpoint(args: argparse.Namespace, spec: str) -> Checkpoint:
-    """The checkpoint ``spec`` loaded as the scoring arguments ask, on this rank's device."""
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ScoringOptions:
+        """The options parsed by a parser that :meth:`add_arguments` set up."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def cache_settings(self) -> dict[str, object]:
+        """The settings that change a document's score: the result cache's key."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["cache_key"]}
+
+
+def load_checkpoint(options: ScoringOptions, spec: str) -> Checkpoint:
+    """The checkpoint ``spec`` loaded as the options ask, on this rank's device."""
     return load(
         spec,
-        device=distributed.device_for_rank(args.device),
-        dtype=DTYPES[args.dtype] if args.dtype else None,
-        loader=args.loader,
-        trust_remote_code=args.trust_remote_code,
+        device=distributed.device_for_rank(options.device),
+        dtype=DTYPES[options.dtype] if options.dtype else None,
+        loader=options.loader,
+        trust_remote_code=options.trust_remote_code,
     )
 
 
-def read_scoring_documents(args: argparse.Namespace) -> Corpus:
-    """The documents the scoring arguments select, in a fixed order, streamed (each rank
-    decodes only its own); rank 0 names what it skips."""
+def read_scoring_documents(options: ScoringOptions) -> Corpus:
+    """The documents the options select, in a fixed order, streamed (each rank decodes
+    only its own); rank 0 names what it skips."""
     return Corpus(
-        args.data,
-        text_column=args.text_column,
-        domain_column=args.domain_column,
-        max_docs=args.max_docs,
-        max_bytes=args.max_bytes,
+        options.data,
+        text_column=options.text_column,
+        domain_column=options.domain_column,
+        max_docs=options.max_docs,
+        max_bytes=options.max_bytes,
         on_skipped=notice if distributed.rank() == 0 else None,
     )
 
 
 def score(
-    args: argparse.Namespace,
+    options: ScoringOptions,
     checkpoint: Checkpoint,
     documents: Iterable[Document],
-    **options: object,
+    **engine: object,
 ) -> Scores:
-    """:func:`score_documents` with the scoring arguments' windows and hardware."""
+    """:func:`score_documents` with the options' windows, batches and hardware."""
     return score_documents(
         checkpoint,
         documents,
-        stride=args.stride,
-        context_len=args.context,
-        batch_tokens=args.batch_tokens,
-        batch_size=args.batch_size,
-        device=distributed.device_for_rank(args.device),
-        allow_inexact_bytes=args.allow_inexact_bytes,
-        **options,
+        stride=options.stride,
+        context_len=options.context,
+        batch_tokens=options.batch_tokens,
+        batch_size=options.batch_size,
+        device=distributed.device_for_rank(options.device),
+        allow_inexact_bytes=options.allow_inexact_bytes,
+        **engine,  # type: ignore[arg-type]
     )
 
 
@@ -155,16 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="CKPT",
         help="native checkpoint or Hugging Face directory (or --loader argument)",
     )
-    add_scoring_arguments(parser)
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ScoringOptions.add_arguments(parser)
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the figures as JSON (default: none)"
+    )
     args = parser.parse_args(argv)
+    options = ScoringOptions.from_args(args)
     if args.json:
         check_output_file(args.json, suffix=".json", flag="--json")  # not after the scoring
 
     with distributed.process_group(args.device):
-        checkpoint = load_checkpoint(args, args.checkpoint)
-        documents = read_scoring_documents(args)
-        scores = score(args, checkpoint, documents)
+        checkpoint = load_checkpoint(options, args.checkpoint)
+        scores = score(options, checkpoint, read_scoring_documents(options))
         if distributed.rank() != 0:
             return 0
         if not math.isfinite(scores.bits_per_byte):
