@@ -15,11 +15,12 @@ import itertools
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from bpbeval import distributed, report
+from bpbeval.attribution import CLASSES, POSITIONS
 from bpbeval.cache import ResultCache
 from bpbeval.checkpoint import Checkpoint
 from bpbeval.cli import ArgumentParser, int_at_least, run
@@ -34,7 +35,28 @@ from bpbeval.eval import (
 from bpbeval.files import atomic_write_bytes, check_output_file
 from bpbeval.report import MODELS
 from bpbeval.results import Scores
-from bpbeval.statistics import PairedFigures, paired_figures, paired_figures_by_domain
+from bpbeval.statistics import (
+    PairedFigures,
+    PartFigures,
+    paired_breakdown,
+    paired_figures,
+    paired_figures_by_domain,
+)
+
+# Documents listed each way: where A beats B most, where B beats A most, each model's hardest.
+HIGHLIGHTS = 10
+SNIPPET_CHARS = 60
+
+
+@dataclass(frozen=True)
+class Highlight:
+    """One document singled out, with the start of its text (whitespace collapsed)."""
+
+    id: str
+    bytes: int
+    bits_per_byte_a: float
+    bits_per_byte_b: float
+    snippet: str
 
 
 @dataclass(frozen=True)
@@ -46,10 +68,19 @@ class Comparison:
             "micro" average, where a domain weighs by its bytes.
         domains: the same figures within each domain, in sorted order; empty when
             no document has a domain.
+        classes: both models on the bytes of each character class (:data:`CLASSES`
+            order, classes present only); empty without attribution.
+        positions: the same by context position bucket (:data:`POSITIONS`).
+        highlights: up to ``HIGHLIGHTS`` documents each: ``a_beats_b`` and ``b_beats_a``
+            (largest per-document Δbpb each way, winners only), ``hardest_a`` and
+            ``hardest_b`` (highest bpb).
     """
 
     overall: PairedFigures
     domains: dict[str, PairedFigures]
+    classes: dict[str, PartFigures] = field(default_factory=dict)
+    positions: dict[str, PartFigures] = field(default_factory=dict)
+    highlights: dict[str, list[Highlight]] = field(default_factory=dict)
 
     @property
     def macro(self) -> tuple[float, float] | None:
@@ -106,7 +137,41 @@ def compare_scores(
     by_domain = {}
     if any(domain is not None for domain in domains):
         by_domain = paired_figures_by_domain(domains, *arrays, replicates=bootstrap, seed=seed)
-    return Comparison(overall, by_domain)
+    classes, positions = {}, {}
+    if a.attribution is not None and b.attribution is not None:
+        x, y = a.attribution, b.attribution
+        options = {"replicates": bootstrap, "seed": seed}
+        classes = paired_breakdown(CLASSES, x.class_nats, y.class_nats, x.class_bytes, **options)
+        positions = paired_breakdown(
+            POSITIONS, x.position_nats, y.position_nats, x.position_bytes, **options
+        )
+    return Comparison(overall, by_domain, classes, positions, _highlights(documents, a, b))
+
+
+def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str, list[Highlight]]:
+    scored = np.flatnonzero(a.documents.bytes > 0)
+    bpb_a, bpb_b = a.documents.bits_per_byte[scored], b.documents.bits_per_byte[scored]
+    delta = bpb_a - bpb_b
+    # Stable sorts: ties go to the earlier document, so the lists are reproducible.
+    picks = {
+        "a_beats_b": [i for i in np.argsort(delta, kind="stable") if delta[i] < 0],
+        "b_beats_a": [i for i in np.argsort(-delta, kind="stable") if delta[i] > 0],
+        "hardest_a": list(np.argsort(-bpb_a, kind="stable")),
+        "hardest_b": list(np.argsort(-bpb_b, kind="stable")),
+    }
+    picks = {key: [int(scored[i]) for i in rows[:HIGHLIGHTS]] for key, rows in picks.items()}
+    wanted = {i for rows in picks.values() for i in rows}
+    snippets = {
+        i: " ".join(document.text[: 4 * SNIPPET_CHARS].split())[:SNIPPET_CHARS]
+        for i, document in enumerate(documents)
+        if i in wanted
+    }
+
+    def highlight(i: int) -> Highlight:
+        x, y = a.documents[i], b.documents[i]
+        return Highlight(x.id, x.bytes, x.bits_per_byte, y.bits_per_byte, snippets[i])
+
+    return {key: [highlight(i) for i in rows] for key, rows in picks.items()}
 
 
 def _check_same_bytes(documents: Iterable[Document], a: Scores, b: Scores) -> None:
@@ -208,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_doc:
         outputs[args.per_doc] = report.per_document_parquet(scores["A"], scores["B"])
     if args.plot:
-        outputs[args.plot] = report.plot_png(scores["A"], scores["B"])
+        outputs[args.plot] = report.plot_png(comparison, scores, report.model_names(models))
     for path, data in outputs.items():
         atomic_write_bytes(path, data)
     return 0
