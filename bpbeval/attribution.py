@@ -31,9 +31,14 @@ Every byte takes the **class** of the character it encodes (:data:`CLASSES`, in 
 
 Each byte's **position** is the number of bytes of the same document before it, bucketed on
 a log scale (:data:`POSITION_EDGES`): 0–63, 64–255, 256–1023, ... up to an open last bucket
-from 1 MiB. Rolling windows bound what a model sees: past the first window, a byte is
-predicted from at most ``context`` tokens whatever its position, so the curve shows how a
-model uses context up to the window and flattens beyond it.
+from 1 MiB. How it meets ``--stride``: within a document's first window (``context``
+tokens) a token sees every token before it, so there the curve is how the model uses
+context; every later token is predicted from between ``context - stride`` and
+``context - 1`` tokens before it (the rolling windows), whatever its position. Past the
+first window's bytes the curve therefore flattens: it compares how each model does at full
+window, and a smaller stride lifts that floor of context (at more forward passes). With two
+tokenizers the first window covers different numbers of bytes (``context`` × each model's
+bytes per token), which the curve shows too.
 
 Everything is reduced per document to a few sums (:class:`Attribution`: nats and bytes per
 class and per bucket, float64 and int64), never kept per token or per byte across a corpus.
