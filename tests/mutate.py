@@ -49,7 +49,11 @@ TARGETS = {
     "token_bytes": Target(
         "bpbeval/tokenizer/core.py",
         ("xǁTokenizerǁ_lengths", "xǁTokenizerǁtoken_bytes"),
-        ("tests/test_tokenizer.py", "tests/test_tokenizer_adapters.py"),
+        (
+            "tests/test_tokenizer.py",
+            "tests/test_tokenizer_adapters.py",
+            "tests/test_tokenizer_contract.py",
+        ),
     ),
     "audit": Target(
         "bpbeval/tokenizer/audit.py",
@@ -58,7 +62,8 @@ TARGETS = {
     ),
     "identity": Target(
         "bpbeval/checkpoint.py",
-        ("x__identity",),
+        # The identity: a SHA-256 over the kind and named parts, each hashed in chunks.
+        ("x__digest", "x__archive_parts", "x__file_parts", "x__chunks"),
         ("tests/test_checkpoint.py", "tests/test_cache.py"),
     ),
 }
