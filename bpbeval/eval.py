@@ -50,7 +50,7 @@ class ScoringOptions:
         >>> ScoringOptions.add_arguments(parser)
         >>> options = ScoringOptions.from_args(parser.parse_args(["--data", "x", "--stride", "8"]))
         >>> options.stride, options.batch_tokens, sorted(options.cache_settings())
-        (8, 8192, ['allow_inexact_bytes', 'context', 'dtype', 'stride'])
+        (8, 2048, ['allow_inexact_bytes', 'context', 'dtype', 'stride'])
     """
 
     data: list[str] = _option(  # noqa: RUF009  # a dataclasses.field, like the others

@@ -60,7 +60,7 @@ IGNORE = -100
 PROBE_CUTS = 16
 PROBE_BATCH = 4
 # Positions per forward pass (see benchmarks/RESULTS.md, "Corpus scale", for the measurement).
-DEFAULT_BATCH_TOKENS = 8192
+DEFAULT_BATCH_TOKENS = 2048
 # Windows waiting to be batched, in positions, as a multiple of the token budget: enough
 # that most batches are full, bounded whatever the corpus.
 LOOKAHEAD_BATCHES = 16
