@@ -74,6 +74,9 @@ def process_group(device: str | torch.device) -> Iterator[None]:
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield
+        # Leave together: a rank that tears its group down while a peer is still finishing
+        # can abort the peer ("terminate called", seen under heavy load).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
