@@ -6,7 +6,9 @@ Runs ``update`` under ``torch.cuda.set_sync_debug_mode("error")``, which turns a
 host-device synchronisation into an exception; saves a GPT that lives on the GPU as a
 native checkpoint and checks that it loads on the GPU with the CPU's logits; then
 measures update speed and the per-token loss memory (``torch.cuda.max_memory_allocated``,
-bf16 inputs) with the functions of ``bench_metric.py``. Takes a minute or two. Without
+bf16 inputs) with the functions of ``bench_metric.py``; and the scoring engine
+(``gpu_scoring.py``): CUDA against CPU float32, syncs while scoring, torchrun on NCCL,
+throughput against the bare forward. Takes a minute or two. Without
 a CUDA device it prints ``skipped: no CUDA device`` and exits 0.
 """
 
