@@ -382,3 +382,22 @@ def test_batch_options_are_checked(byte_level, documents):
     for options in ({"batch_tokens": 0}, {"batch_size": 0}):
         with pytest.raises(ScoringError, match="at least 1"):
             score_documents(checkpoint, documents, progress=False, **options)
+
+
+def test_a_bfloat16_model_is_scored_with_a_float32_log_softmax(byte_tokenizer, make_gpt):
+    model = make_gpt(byte_tokenizer.vocab_size, seed=3).to(torch.bfloat16)
+    checkpoint = Checkpoint(model, byte_tokenizer, 16, "", "custom", "t")
+    document = Document("d", "naïve café, 12")  # one window: 15 tokens after the prefix
+    ids = byte_tokenizer.encode_batch([document.text])[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([[byte_tokenizer.bos_id, *ids[:-1]]]))[0]
+    target = torch.tensor(ids)
+
+    def nats(log_probs: torch.Tensor) -> float:
+        return -math.fsum(log_probs[range(len(ids)), target].double().tolist())
+
+    in_float32 = nats(F.log_softmax(logits.float(), dim=-1))
+    in_bfloat16 = nats(F.log_softmax(logits, dim=-1))
+    scored = score_documents(checkpoint, [document], progress=False).documents[0].nats
+    assert scored == pytest.approx(in_float32, rel=1e-6)
+    assert abs(in_bfloat16 - in_float32) > 1e-4 * in_float32  # the check can tell them apart
