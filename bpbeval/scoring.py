@@ -313,16 +313,12 @@ def score_documents(
         results.add(record.index, score, fresh=record.cached is None)
         bar.finished(record)
 
-    def first_inexact(record: _Record) -> None:
-        nonlocal inexact
-        assert record.inexact is not None
-        found = (record.index, record.document.id, *record.inexact)
-        inexact = found if inexact is None else min(inexact, found)
-
     def exact_so_far(records: Iterable[_Record]) -> Iterator[_Record]:
+        nonlocal inexact
         for record in records:
             if record.inexact is not None:
-                first_inexact(record)
+                found = (record.index, record.document.id, *record.inexact)
+                inexact = found if inexact is None else min(inexact, found)
                 if not allow_inexact_bytes:
                     return  # stop reading; the run fails once every rank is done
             yield record
@@ -363,6 +359,7 @@ def score_documents(
             reducer.add(window_nats, rows)
             bar.scored(sum(end - start for _, _, (_, start, end) in rows))
         reducer.flush()
+        bar.done()
     finally:
         encoded.close()
         bar.close()
@@ -734,6 +731,10 @@ class _Progress:
         rate = self._tokens / max(1e-9, self._bar.format_dict["elapsed"])
         self._bar.set_postfix_str(f"{rate:,.0f} tok/s, docs {self._documents:,}", refresh=False)
         self._bar.update(len(record.document.text.encode("utf-8")))
+
+    def done(self) -> None:
+        if self._bar is not None:
+            self._bar.total = self._bar.n  # the total was an estimate; every document is in
 
     def close(self) -> None:
         if self._bar is not None:
