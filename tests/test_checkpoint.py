@@ -137,9 +137,11 @@ def test_huggingface_directory_loads_offline_with_eos_as_prefix(hf_checkpoint, c
     assert load(str(path)).identity == checkpoint.identity
 
 
+# The mark goes to an absolute path: transformers runs a copy of the module from its modules
+# cache, so a mark beside ``__file__`` would not appear even if the code ran.
 REMOTE_CODE = """
 from pathlib import Path
-Path(__file__).with_name("ran").write_text("imported")  # the mark of code that ran
+Path({marker!r}).write_text("imported")  # the mark of code that ran
 from transformers import GPT2Config, GPT2LMHeadModel
 
 class RemoteConfig(GPT2Config):
@@ -154,9 +156,10 @@ def test_huggingface_remote_code_runs_only_on_request_and_is_part_of_the_identit
     hf_checkpoint, tmp_path
 ):
     path, _ = hf_checkpoint
-    remote = tmp_path / "remote"
+    remote, marker = tmp_path / "remote", tmp_path / "ran"
+    code = REMOTE_CODE.format(marker=str(marker))
     shutil.copytree(path, remote)
-    (remote / "remote_gpt2.py").write_text(REMOTE_CODE)
+    (remote / "remote_gpt2.py").write_text(code)
     config = json.loads((remote / "config.json").read_text())
     config["auto_map"] = {
         "AutoConfig": "remote_gpt2.RemoteConfig",
@@ -166,13 +169,13 @@ def test_huggingface_remote_code_runs_only_on_request_and_is_part_of_the_identit
     (remote / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="trust_remote_code"):
         load(str(remote))
-    assert not (remote / "ran").exists()
+    assert not marker.exists()
     # A Python file beside the weights changes the identity, as a changed program would.
     extra = tmp_path / "extra"
     shutil.copytree(path, extra)
-    (extra / "remote_gpt2.py").write_text(REMOTE_CODE)
+    (extra / "remote_gpt2.py").write_text(code)
     assert load(str(extra)).identity != load(str(path)).identity
-    assert not (extra / "ran").exists()
+    assert not marker.exists()
 
 
 LOADER = """
