@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -716,6 +717,7 @@ class _Progress:
         self._total = None if total_bytes is None else -(-total_bytes // distributed.world_size())
         self._bar: tqdm | None = None
         self._documents = self._tokens = 0
+        self._start = time.monotonic()
 
     def scored(self, tokens: int) -> None:
         self._tokens += tokens
@@ -728,7 +730,7 @@ class _Progress:
                 total=self._total, unit="B", unit_scale=True, desc="scoring", dynamic_ncols=True
             )
         self._documents += 1
-        rate = self._tokens / max(1e-9, self._bar.format_dict["elapsed"])
+        rate = self._tokens / max(1e-9, time.monotonic() - self._start)
         self._bar.set_postfix_str(f"{rate:,.0f} tok/s, docs {self._documents:,}", refresh=False)
         self._bar.update(len(record.document.text.encode("utf-8")))
 
