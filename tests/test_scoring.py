@@ -18,41 +18,6 @@ from bpbeval.errors import CheckpointError, DataError, ScoringError
 from bpbeval.scoring import DocumentScore, rolling_windows, score_documents
 
 
-def lm_eval_rolling_windows(token_list, prefix_token, max_seq_len, context_len):
-    """lm-eval-harness's ``get_rolling_token_windows`` followed by ``make_disjoint_window``."""
-    if not token_list:
-        return []
-    pred_len = max_seq_len - context_len + 1
-    first = min(max_seq_len, len(token_list))
-    pairs = [([prefix_token, *token_list[: first - 1]], token_list[:first])]
-    predicted = first
-    while predicted < len(token_list):
-        window_pred_len = min(len(token_list) - predicted, pred_len)
-        window_end = predicted + window_pred_len
-        pairs.append(
-            (
-                token_list[window_end - max_seq_len - 1 : window_end - 1],
-                token_list[window_end - window_pred_len : window_end],
-            )
-        )
-        predicted += window_pred_len
-    # make_disjoint_window: the context is the input minus the predicted tokens but the first.
-    return [(a[: len(a) - (len(b) - 1)], b) for a, b in pairs]
-
-
-@pytest.mark.parametrize("context_len", [2, 3, 5, 8])
-def test_windows_at_stride_equal_to_context_are_lm_eval_rolling(context_len):
-    for n in range(30):
-        tokens = list(range(100, 100 + n))
-        seq = [-1, *tokens]
-        ours = [
-            (seq[w.begin : w.start + 1], tokens[w.start : w.end])
-            for w in rolling_windows(n, context_len=context_len, stride=context_len)
-        ]
-        # lm-eval's loglikelihood_rolling uses context_len=1 and the model's max length.
-        assert ours == lm_eval_rolling_windows(tokens, -1, context_len, 1)
-
-
 @given(st.integers(0, 200), st.integers(2, 40), st.data())
 def test_windows_score_every_token_once_with_all_the_context_that_fits(n, context_len, data):
     stride = data.draw(st.integers(1, context_len))
