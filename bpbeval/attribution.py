@@ -243,7 +243,13 @@ class Attribution:
     __hash__ = None  # type: ignore[assignment]  # arrays inside
 
 
-def attribute(text: str, nats: ArrayLike, token_lengths: ArrayLike) -> Attribution:
+def attribute(
+    text: str,
+    nats: ArrayLike,
+    token_lengths: ArrayLike,
+    *,
+    classes: NDArray[np.uint8] | None = None,
+) -> Attribution:
     """Attribute a document's per-token nats to its bytes' classes and positions.
 
     Args:
@@ -251,6 +257,8 @@ def attribute(text: str, nats: ArrayLike, token_lengths: ArrayLike) -> Attributi
         nats: float64 nats of each scored token, in text order.
         token_lengths: each scored token's UTF-8 bytes (all positive); together they must
             cover ``text`` exactly.
+        classes: ``byte_classes(text)``, if already computed (the scoring engine does it
+            ahead of the model, in its encoding thread).
 
     Raises:
         ValueError: the lengths do not match, a token has no bytes, or the tokens' bytes do
@@ -267,7 +275,7 @@ def attribute(text: str, nats: ArrayLike, token_lengths: ArrayLike) -> Attributi
     """
     nats = np.asarray(nats, dtype=np.float64)
     lengths = np.asarray(token_lengths, dtype=np.int64)
-    classes = byte_classes(text)
+    classes = byte_classes(text) if classes is None else classes
     if len(nats) != len(lengths):
         raise ValueError(f"{len(nats)} nats for {len(lengths)} token lengths")
     if (lengths <= 0).any():

@@ -27,7 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 import bpbeval
+from bpbeval.attribution import CLASSES, POSITIONS, Attribution
 from bpbeval.errors import CacheError
 from bpbeval.files import atomic_write_text
 from bpbeval.results import DocumentScore
@@ -35,9 +38,16 @@ from bpbeval.results import DocumentScore
 if TYPE_CHECKING:
     from bpbeval.data import Document
 
-_FORMAT = 1
+_FORMAT = 2  # 2: a document's attribution sums, where computed
 _FSYNC_INTERVAL_S = 1.0
 _FIELDS = {"id": str, "sha256": str, "nats": float, "bytes": int, "tokens": int}
+# The optional "attribution" field: each list's length and element type.
+_PARTS = {
+    "class_nats": (len(CLASSES), float),
+    "class_bytes": (len(CLASSES), int),
+    "position_nats": (len(POSITIONS), float),
+    "position_bytes": (len(POSITIONS), int),
+}
 
 
 def model_key(identity: str, settings: Mapping[str, object]) -> str:
@@ -117,15 +127,17 @@ class ResultCache:
         if entry is None:
             return None
         self.hits += 1
-        nats, n_bytes, tokens = entry
+        nats, n_bytes, tokens, parts = entry
         return DocumentScore(
-            id=document.id, domain=document.domain, nats=nats, bytes=n_bytes, tokens=tokens
+            document.id, document.domain, nats, n_bytes, tokens, _attribution(parts)
         )
 
     def put(self, document: Document, score: DocumentScore) -> None:
         """Record ``score`` for ``document``: in the kernel at once, on disk within a second."""
-        line = {"id": document.id, "sha256": _sha256(document.text)}
+        line: dict[str, object] = {"id": document.id, "sha256": _sha256(document.text)}
         line.update(nats=float(score.nats), bytes=int(score.bytes), tokens=int(score.tokens))
+        if score.attribution is not None:
+            line["attribution"] = {k: getattr(score.attribution, k).tolist() for k in _PARTS}
         try:
             if self._fd is None:
                 self._fd = self._create()
@@ -134,7 +146,7 @@ class ResultCache:
                 self._sync()
         except OSError as e:
             raise CacheError(f"cannot write to the cache in {self.path}: {e}") from e
-        self._entries[line["id"], line["sha256"]] = (line["nats"], line["bytes"], line["tokens"])
+        self._entries[line["id"], line["sha256"]] = _entry(line)
         self.written += 1
 
     def close(self) -> None:
@@ -175,16 +187,47 @@ class ResultCache:
         for number, raw in enumerate(file.read_bytes().split(b"\n")[:-1], 1):
             try:
                 line = json.loads(raw)
-                if set(line) != set(_FIELDS) or not all(
-                    type(line[k]) is t for k, t in _FIELDS.items()
-                ):
-                    raise ValueError(f"expected the fields {sorted(_FIELDS)}")
+                _check(line)
             except ValueError as e:
                 raise CacheError(
                     f"{file}:{number} is corrupt ({e}); delete {file} to rescore its documents"
                 ) from e
-            key = (line["id"], line["sha256"])
-            self._entries.setdefault(key, (line["nats"], line["bytes"], line["tokens"]))
+            self._entries.setdefault((line["id"], line["sha256"]), _entry(line))
+
+
+def _check(line: object) -> None:
+    if (
+        not isinstance(line, dict)
+        or set(line) - {"attribution"} != set(_FIELDS)
+        or not all(type(line[k]) is t for k, t in _FIELDS.items())
+    ):
+        raise ValueError(f"expected the fields {sorted(_FIELDS)} and maybe attribution")
+    parts = line.get("attribution")
+    if parts is None:
+        return
+    if not isinstance(parts, dict) or set(parts) != set(_PARTS):
+        raise ValueError(f"expected attribution to hold {sorted(_PARTS)}")
+    for key, (length, kind) in _PARTS.items():
+        values = parts[key]
+        if not (isinstance(values, list) and len(values) == length):
+            raise ValueError(f"expected {length} values in attribution's {key}")
+        if not all(type(v) is kind for v in values):
+            raise ValueError(f"expected {kind.__name__}s in attribution's {key}")
+
+
+def _entry(line: dict) -> tuple[float, int, int, np.ndarray | None]:
+    # The attribution sums as one float64 array (byte counts are exact in float64): a few
+    # hundred bytes a document, not fifty Python numbers.
+    parts = line.get("attribution")
+    packed = None if parts is None else np.concatenate([parts[k] for k in _PARTS], dtype=float)
+    return line["nats"], line["bytes"], line["tokens"], packed
+
+
+def _attribution(packed: np.ndarray | None) -> Attribution | None:
+    if packed is None:
+        return None
+    pieces = np.split(packed, np.cumsum([length for length, _ in _PARTS.values()])[:-1])
+    return Attribution(*(p.astype(t) for p, (_, t) in zip(pieces, _PARTS.values(), strict=True)))
 
 
 def _sha256(text: str) -> str:

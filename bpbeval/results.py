@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from bpbeval.attribution import Attributions
+from bpbeval.attribution import Attribution, Attributions
 
 LN2 = math.log(2)
 
@@ -72,13 +72,15 @@ def bytes_per_token(n_bytes: ArrayLike, tokens: ArrayLike) -> float | NDArray[np
 
 @dataclass(frozen=True)
 class DocumentScore:
-    """One document's sums: nats over its scored tokens, its UTF-8 bytes, its tokens."""
+    """One document's sums: nats over its scored tokens, its UTF-8 bytes, its tokens, and
+    (where computed) its nats and bytes by character class and position."""
 
     id: str
     domain: str | None
     nats: float
     bytes: int
     tokens: int
+    attribution: Attribution | None = field(default=None, repr=False)
 
     @property
     def bits_per_byte(self) -> float:

@@ -16,7 +16,12 @@ The engine streams, in stages, so memory does not grow with the corpus:
 - **forward**: the model and the per-token nats of the scored positions, on the device;
 - **reduce**: per-window float64 sums stay on the device and come to the host in one
   copy when documents finish (batched: never a sync per forward pass), then each
-  document's nats are summed in window order.
+  document's nats are summed in window order. The scored tokens' own nats come in the
+  same copy (4 bytes a token): each document's are attributed to its bytes' character
+  classes and positions (:mod:`bpbeval.attribution`), and only those sums are kept.
+  That runs on the host, because it needs each byte's class, which the encoding thread
+  computes from the text there, and because per-class sums by ``bincount`` on a GPU add
+  floats in no fixed order.
 
 Determinism. Logits of the same window differ in the last float32 bits when the
 padded length of its batch changes, so each window's padded length is a function
@@ -44,6 +49,14 @@ import torch
 from tqdm.auto import tqdm
 
 from bpbeval import distributed
+from bpbeval.attribution import (
+    CLASSES,
+    POSITIONS,
+    Attribution,
+    Attributions,
+    attribute,
+    byte_classes,
+)
 from bpbeval.checkpoint import Checkpoint
 from bpbeval.data import Corpus, Document
 from bpbeval.errors import CheckpointError, DataError, ScoringError
@@ -218,6 +231,9 @@ class _Record:
     tokens: int  # tokens scored (those of more than 0 bytes)
     inexact: tuple[int, int] | None  # (bytes of its tokens, bytes of its text) when they differ
     cached: DocumentScore | None
+    sizes: np.ndarray | None = None  # each token's bytes, when attributing
+    classes: np.ndarray | None = None  # each byte's class, when attributing
+    token_nats: np.ndarray | None = None  # float32 nats of each token, filled window by window
     windows_left: int = 0
     window_nats: list[float] = field(default_factory=list)
 
@@ -240,6 +256,7 @@ def score_documents(
     device: str | torch.device = "cpu",
     allow_inexact_bytes: bool = False,
     cache: ScoreCache | None = None,
+    attribution: bool = True,
     progress: bool = True,
     progress_bytes: int | None = None,
 ) -> Scores:
@@ -262,6 +279,9 @@ def score_documents(
         allow_inexact_bytes: when the tokens' bytes differ from a document's UTF-8
             bytes, divide by the text's bytes instead of stopping.
         cache: per-document results to reuse and fill.
+        attribution: also attribute each document's nats to its bytes' character classes
+            and positions (``Scores.attribution``; ``None`` if off, or if the tokens do not
+            cover some document's bytes exactly).
         progress: show a progress bar on rank 0.
         progress_bytes: the corpus's UTF-8 bytes, if known up front (the bar's total);
             default a ``Corpus``'s estimate.
@@ -307,7 +327,12 @@ def score_documents(
             for value in record.window_nats:  # in window order: the same sum for any batching
                 nats += value
             score = DocumentScore(
-                record.document.id, record.document.domain, nats, record.bytes, record.tokens
+                record.document.id,
+                record.document.domain,
+                nats,
+                record.bytes,
+                record.tokens,
+                _attribute(record) if attribution else None,
             )
             if cache is not None:
                 cache.put(record.document, score)
@@ -333,6 +358,7 @@ def score_documents(
             token_bytes,
             cache,
             text_bytes=allow_inexact_bytes,
+            attribution=attribution,
         ),
         ENCODE_AHEAD,
     )
@@ -348,7 +374,7 @@ def score_documents(
             on_windowless=finished,
         )
         for length, rows in batches:
-            window_nats = _forward(
+            window_nats, token_nats, per_row = _forward(
                 checkpoint.model,
                 rows,
                 length,
@@ -356,8 +382,9 @@ def score_documents(
                 token_bytes=token_bytes,
                 device=device,
                 metric=metric,
+                per_token=attribution,
             )
-            reducer.add(window_nats, rows)
+            reducer.add(window_nats, token_nats, per_row, rows)
             bar.scored(sum(end - start for _, _, (_, start, end) in rows))
         reducer.flush()
         bar.done()
@@ -373,7 +400,19 @@ def score_documents(
             f"{from_tokens - from_text:+d}); pass --allow-inexact-bytes (allow_inexact_bytes=True) "
             "to divide by the text's bytes"
         )
-    return _gather(results, metric, bytes_from_text=bool(found))
+    return _gather(results, metric, bytes_from_text=bool(found), attribution=attribution)
+
+
+def _attribute(record: _Record) -> Attribution | None:
+    """A freshly scored document's nats by byte class and position (None where its tokens do
+    not cover its bytes exactly: attribution lines tokens up with the text)."""
+    if record.sizes is None or record.inexact is not None:
+        return None
+    scored = record.sizes > 0
+    token_nats = np.zeros(len(record.sizes)) if record.token_nats is None else record.token_nats
+    return attribute(
+        record.document.text, token_nats[scored], record.sizes[scored], classes=record.classes
+    )
 
 
 # ---- encode -------------------------------------------------------------------------------
@@ -399,9 +438,11 @@ def _encode(
     cache: ScoreCache | None,
     *,
     text_bytes: bool,
+    attribution: bool,
 ) -> Iterator[list[_Record]]:
     """Records of documents, a chunk at a time. Cached documents are encoded too, so that
-    the byte check (and so ``bytes_from_text``) is the same on a resumed run."""
+    the byte check (and so ``bytes_from_text``) is the same on a resumed run. With
+    ``attribution``, the bytes' classes are found here too, off the model's thread."""
     for chunk in _chunks(documents):
         encoded = tokenizer.encode_batch([document.text for _, document in chunk])
         records = []
@@ -414,6 +455,8 @@ def _encode(
             if cached is None:
                 seq = np.empty(len(ids) + 1, dtype=np.int32)
                 seq[0], seq[1:] = tokenizer.bos_id, ids
+            exact = from_tokens == from_text
+            attributing = attribution and cached is None and exact
             records.append(
                 _Record(
                     index,
@@ -421,8 +464,10 @@ def _encode(
                     seq,
                     from_text if text_bytes else from_tokens,
                     int(np.count_nonzero(sizes)),
-                    None if from_tokens == from_text else (from_tokens, from_text),
+                    None if exact else (from_tokens, from_text),
                     cached,
+                    sizes if attributing else None,
+                    byte_classes(document.text) if attributing else None,
                 )
             )
         yield records
@@ -527,6 +572,8 @@ def _batches(
             continue
         record.windows_left = len(windows)
         record.window_nats = [0.0] * len(windows)
+        if record.sizes is not None:
+            record.token_nats = np.zeros(len(record.sizes), dtype=np.float32)
         for number, window in enumerate(windows):
             length = padded_length(window.end - window.begin, context_len)
             waiting.setdefault(length, deque()).append(_Row(record, number, window))
@@ -559,8 +606,10 @@ def _forward(
     token_bytes: np.ndarray,
     device: torch.device,
     metric: BitsPerByte,
-) -> torch.Tensor:
-    """Float64 nats of each row's scored tokens, on the device (no sync)."""
+    per_token: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """Float64 nats of each row's scored tokens, on the device (no sync); with ``per_token``
+    also each scored token's float32 nats, row after row, and how many each row has."""
     ids = np.full((len(rows), length), bos, dtype=np.int64)  # padding: never scored
     target = np.full((len(rows), length), IGNORE, dtype=np.int64)
     for row, (record, _, (begin, start, end)) in enumerate(rows):
@@ -582,9 +631,11 @@ def _forward(
         for first in range(0, len(positions), DEFAULT_CHUNK_SIZE):
             chunk = positions_t[first : first + DEFAULT_CHUNK_SIZE]
             token[chunk] = token_nats(flat_logits[chunk], flat_target[chunk])
+    per_row = np.count_nonzero(target >= 0, axis=1)
+    scored = token[positions_t] if per_token else None
     token = token.view(target.shape)
     metric.update(token, target_t)
-    return token.sum(dim=1, dtype=torch.float64)
+    return token.sum(dim=1, dtype=torch.float64), scored, per_row
 
 
 # ---- reduce -------------------------------------------------------------------------------
@@ -599,11 +650,22 @@ class _Reducer:
     def __init__(self, finished: Callable[[_Record], None]) -> None:
         self._finished = finished
         self._sums: list[torch.Tensor] = []
+        self._tokens: list[torch.Tensor] = []
+        self._per_row: list[np.ndarray] = []
         self._rows: list[_Row] = []
         self._done: list[_Record] = []
 
-    def add(self, window_nats: torch.Tensor, rows: list[_Row]) -> None:
+    def add(
+        self,
+        window_nats: torch.Tensor,
+        token_nats: torch.Tensor | None,
+        per_row: np.ndarray,
+        rows: list[_Row],
+    ) -> None:
         self._sums.append(window_nats)
+        if token_nats is not None:
+            self._tokens.append(token_nats)
+            self._per_row.append(per_row)
         self._rows += rows
         for row in rows:
             row.record.windows_left -= 1
@@ -618,13 +680,25 @@ class _Reducer:
             values = torch.cat(self._sums).tolist()  # the one host-device sync
             for (record, number, _), value in zip(self._rows, values, strict=True):
                 record.window_nats[number] = value
+        if self._tokens:
+            tokens = torch.cat(self._tokens).cpu().numpy()  # computed by now: no wait
+            ends = np.cumsum(np.concatenate(self._per_row))
+            for (record, _, (_, start, end)), stop, count in zip(
+                self._rows, ends, np.concatenate(self._per_row), strict=True
+            ):
+                if record.token_nats is not None and record.sizes is not None:
+                    window = record.token_nats[start:end]  # a view: filled in place
+                    window[record.sizes[start:end] > 0] = tokens[stop - count : stop]
         done = self._done
-        self._sums, self._rows, self._done = [], [], []
+        self._sums, self._tokens, self._per_row, self._rows, self._done = [], [], [], [], []
         for record in done:
             self._finished(record)
 
 
 # ---- results ------------------------------------------------------------------------------
+
+
+_PARTS = len(CLASSES) + len(POSITIONS)
 
 
 class _Results:
@@ -636,6 +710,10 @@ class _Results:
         self.bytes = array("q")
         self.tokens = array("q")
         self.fresh = array("b")
+        # Per document, len(CLASSES) + len(POSITIONS) sums each; all zero without attribution.
+        self.part_nats = array("d")
+        self.part_bytes = array("q")
+        self.attributed = True  # every document so far has its attribution
         self.ids: list[str] = []
         self.domains: list[str | None] = []
         self._labels: dict[str, str] = {}  # one string object per domain, however many documents
@@ -646,14 +724,25 @@ class _Results:
         self.bytes.append(score.bytes)
         self.tokens.append(score.tokens)
         self.fresh.append(fresh)
+        parts = score.attribution
+        self.attributed &= parts is not None
+        if parts is None:
+            self.part_nats.extend([0.0] * _PARTS)
+            self.part_bytes.extend([0] * _PARTS)
+        else:
+            self.part_nats.extend(parts.class_nats.tolist() + parts.position_nats.tolist())
+            self.part_bytes.extend(parts.class_bytes.tolist() + parts.position_bytes.tolist())
         self.ids.append(score.id)
         domain = score.domain
         self.domains.append(None if domain is None else self._labels.setdefault(domain, domain))
 
 
-def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) -> Scores:
+def _gather(
+    results: _Results, metric: BitsPerByte, *, bytes_from_text: bool, attribution: bool
+) -> Scores:
     """Every rank's results on rank 0 in input order, the totals on every rank."""
     checked = metric.compute_all()  # synchronises the freshly scored totals across ranks
+    attributed = attribution and all(distributed.all_gather(results.attributed))
     numbers = distributed.gather_arrays(
         [
             np.frombuffer(results.index, dtype=np.int64),
@@ -663,11 +752,28 @@ def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) ->
             np.frombuffer(results.fresh, dtype=np.int8),
         ]
     )
+    # _PARTS entries a document: a gather of its own, whose arrays share one length.
+    part_sums = (
+        distributed.gather_arrays(
+            [
+                np.frombuffer(results.part_nats, dtype=np.float64),
+                np.frombuffer(results.part_bytes, dtype=np.int64),
+            ]
+        )
+        if attributed
+        else None
+    )
     labels = distributed.gather_strings([results.ids, results.domains])
-    totals = None
+    totals = parts = None
     if numbers is not None and labels is not None:
         index, nats, n_bytes, tokens, fresh = numbers
         order = np.argsort(index, kind="stable")
+        if part_sums is not None:
+            part_nats, part_bytes = (x.reshape(-1, _PARTS)[order] for x in part_sums)
+            k = len(CLASSES)
+            parts = Attributions(
+                part_nats[:, :k], part_bytes[:, :k], part_nats[:, k:], part_bytes[:, k:]
+            )
         ids, domains = (np.array(column, dtype=object)[order] for column in labels)
         documents = DocumentScores(
             ids.astype(np.dtypes.StringDType()),
@@ -688,6 +794,7 @@ def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) ->
         bytes_total,
         tokens_total,
         bytes_from_text=bytes_from_text,
+        attribution=parts,
     )
 
 

@@ -189,7 +189,8 @@ def test_a_trained_model_beats_an_untrained_one(corpus, reference):
 
 def test_the_plot_is_a_png_of_the_asked_size(reference):
     assert reference["plot.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert matplotlib.image.imread(reference["plot.png"]).shape == (450, 1000, 4)
+    # Two rows of two panels: per document, and the attribution by class and by position.
+    assert matplotlib.image.imread(reference["plot.png"]).shape == (900, 1000, 4)
 
 
 def test_a_model_against_itself_gives_zero(tmp_path, corpus, checkpoints):
