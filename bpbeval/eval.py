@@ -22,6 +22,7 @@ from bpbeval.cli import ArgumentParser, notice, positive_int, run, torch_device
 from bpbeval.data import Corpus, Document
 from bpbeval.errors import ScoringError
 from bpbeval.files import atomic_write_text, check_output_file
+from bpbeval.report import breakdown, breakdown_tables, summary
 from bpbeval.scoring import DEFAULT_BATCH_TOKENS, Scores, score_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -201,19 +202,6 @@ def score(
     )
 
 
-def summary(scores: Scores) -> dict[str, object]:
-    """The figures eval prints and writes."""
-    return {
-        "bits_per_byte": scores.bits_per_byte,
-        "bits_per_token": scores.bits_per_token,
-        "bytes_per_token": scores.bytes_per_token,
-        "tokens": scores.tokens,
-        "documents": len(scores.documents),
-        "bytes": scores.bytes,
-        "bytes_from_text": scores.bytes_from_text,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m bpbeval.eval", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -248,8 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "note: the tokenizer is not byte-conservative on these documents; bytes are the "
                 "text's own UTF-8 bytes (--allow-inexact-bytes)"
             )
+        # Where the nats go: by character class and context position (not with inexact bytes).
+        parts = {} if scores.attribution is None else breakdown(scores.attribution)
+        if parts:
+            print()
+            print(breakdown_tables(parts))
         if args.json:
-            record = {"checkpoint": args.checkpoint, "identity": checkpoint.identity, **figures}
+            record = {
+                "checkpoint": args.checkpoint,
+                "identity": checkpoint.identity,
+                **figures,
+                **parts,
+            }
             atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
     return 0
 

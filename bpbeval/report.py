@@ -1,8 +1,9 @@
-"""What compare shows and writes: the terminal report, JSON, per-document Parquet and plot.
+"""What eval and compare show and write: terminal tables, JSON, per-document Parquet, plot.
 
-Everything here renders a :class:`bpbeval.compare.Comparison` and the two models' scores;
-nothing computes a figure that the JSON and the terminal could then disagree on. Every
-renderer returns text or bytes, so that compare renders every output before writing any.
+Everything here renders one model's scores (eval) or a :class:`bpbeval.compare.Comparison`
+and the two models' scores; nothing computes a figure that the JSON and the terminal could
+then disagree on. Every renderer returns text or bytes, so that compare renders every
+output before writing any.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pyarrow.parquet as pq
 import bpbeval
 from bpbeval.attribution import CLASSES, POSITIONS, Attributions
 from bpbeval.errors import MissingDependencyError
-from bpbeval.eval import summary
 from bpbeval.results import Scores, bits_per_byte
 from bpbeval.statistics import (
     CONFIDENCE,
@@ -97,6 +97,25 @@ def _macro(comparison: Comparison) -> dict[str, object] | None:
         return None
     a, b = comparison.macro
     return {"A": a, "B": b, "delta_bpb": a - b, "domains": len(comparison.domains)}
+
+
+def summary(scores: Scores) -> dict[str, object]:
+    """The figures of one model's scores, as eval prints and writes them.
+
+    Example:
+        >>> from bpbeval.results import DocumentScores
+        >>> summary(Scores(DocumentScores.from_rows([]), 0.0, 0, 0, False))["bits_per_byte"]
+        nan
+    """
+    return {
+        "bits_per_byte": scores.bits_per_byte,
+        "bits_per_token": scores.bits_per_token,
+        "bytes_per_token": scores.bytes_per_token,
+        "tokens": scores.tokens,
+        "documents": len(scores.documents),
+        "bytes": scores.bytes,
+        "bytes_from_text": scores.bytes_from_text,
+    }
 
 
 def breakdown(attribution: Attributions) -> dict[str, dict[str, dict[str, float | int]]]:

@@ -28,7 +28,8 @@ def test_prints_and_writes_the_figures_of_score_documents(
     out = tmp_path / "out" / "result.json"
     argv = [path, "--data", str(documents_jsonl), "--batch-size", "3", "--stride", "5"]
     assert main([*argv, "--json", str(out), "--device", "cpu"]) == 0
-    printed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines())
+    figures = capsys.readouterr().out.split("\n\n")[0]  # then the by-class/position tables
+    printed = dict(line.split(maxsplit=1) for line in figures.splitlines())
     written = json.loads(out.read_text())
 
     checkpoint = load(path)
