@@ -45,7 +45,11 @@ TARGETS = {
         ("x_rolling_windows", "x_padded_length", "x__score", "x__check_metric"),
         ("tests/test_windows.py", "tests/test_bruteforce.py", "tests/test_scoring.py"),
     ),
-    "statistics": Target("bpbeval/statistics.py", ("*",), ("tests/test_statistics.py",)),
+    "statistics": Target(
+        "bpbeval/statistics.py",
+        ("*",),
+        ("tests/test_statistics_contract.py", "tests/test_statistics.py"),
+    ),
     "token_bytes": Target(
         "bpbeval/tokenizer/core.py",
         ("xǁTokenizerǁ_lengths", "xǁTokenizerǁtoken_bytes"),
@@ -58,7 +62,11 @@ TARGETS = {
     "audit": Target(
         "bpbeval/tokenizer/audit.py",
         ("*",),
-        ("tests/test_tokenizer.py", "tests/test_tokenizer_adapters.py"),
+        (
+            "tests/test_audit_contract.py",
+            "tests/test_tokenizer.py",
+            "tests/test_tokenizer_adapters.py",
+        ),
     ),
     "identity": Target(
         "bpbeval/checkpoint.py",
