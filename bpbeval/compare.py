@@ -162,7 +162,7 @@ def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str
     picks = {key: [int(scored[i]) for i in rows[:HIGHLIGHTS]] for key, rows in picks.items()}
     wanted = {i for rows in picks.values() for i in rows}
     snippets = {
-        i: " ".join(document.text[: 4 * SNIPPET_CHARS].split())[:SNIPPET_CHARS]
+        i: " ".join(document.text[: 4 * SNIPPET_CHARS].split())[:SNIPPET_CHARS].rstrip()
         for i, document in enumerate(documents)
         if i in wanted
     }

@@ -108,3 +108,25 @@ def test_per_document_class_columns_add_up_to_each_document(compared):
     assert per_class_bytes.tolist() == table["bytes"]
     digits = np.array(table["bytes_digits"])
     assert (digits > 0).all()  # every document has digits: the interval rests on all 60
+
+
+def test_the_documents_listed_each_way_are_the_extremes_of_the_per_document_table(compared):
+    result, table = compared
+    ln2 = math.log(2)
+    bpb = {
+        doc: (a / (ln2 * n), b / (ln2 * n))
+        for doc, a, b, n in zip(
+            table["id"], table["nats_a"], table["nats_b"], table["bytes"], strict=True
+        )
+    }
+    lists = result["documents"]
+    # B is better on every document (its digits), so no document lists A as the winner.
+    assert lists["a_beats_b"] == []
+    by_gap = sorted(bpb, key=lambda d: bpb[d][1] - bpb[d][0])  # most negative B − A first
+    assert [h["id"] for h in lists["b_beats_a"]] == by_gap[: len(lists["b_beats_a"])]
+    for key, model in (("hardest_a", 0), ("hardest_b", 1)):
+        hardest = sorted(bpb, key=lambda d: -bpb[d][model])
+        assert [h["id"] for h in lists[key]] == hardest[: len(lists[key])]
+    for h in lists["b_beats_a"] + lists["hardest_a"]:
+        assert (h["bits_per_byte_a"], h["bits_per_byte_b"]) == pytest.approx(bpb[h["id"]])
+        assert len(h["snippet"]) <= 60 and h["snippet"] == " ".join(h["snippet"].split())
