@@ -42,7 +42,15 @@ TARGETS = {
     ),
     "scoring": Target(
         "bpbeval/scoring.py",
-        ("x_rolling_windows", "x_padded_length", "x__score", "x__check_metric"),
+        # The windows, and the sums: per-window nats reduced to each document's (_Reducer),
+        # and the metric's totals checked against the documents' (_check_metric).
+        (
+            "x_rolling_windows",
+            "x_padded_length",
+            "xǁ_Reducerǁadd",
+            "xǁ_Reducerǁflush",
+            "x__check_metric",
+        ),
         ("tests/test_windows.py", "tests/test_bruteforce.py", "tests/test_scoring.py"),
     ),
     "statistics": Target(
