@@ -51,7 +51,13 @@ TARGETS = {
             "xǁ_Reducerǁflush",
             "x__check_metric",
         ),
-        ("tests/test_windows.py", "tests/test_bruteforce.py", "tests/test_scoring.py"),
+        (
+            "tests/test_windows.py",
+            "tests/test_scoring_contract.py",
+            "tests/test_bruteforce.py",
+            "tests/test_scoring.py",
+            "tests/test_attribution.py",  # per-token nats, which the reduce also places
+        ),
     ),
     "statistics": Target(
         "bpbeval/statistics.py",
