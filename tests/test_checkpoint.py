@@ -16,10 +16,11 @@ import pytest
 import sympy
 import torch
 
-from bpbeval.checkpoint import META_FILE, PROGRAM_FILE, _check_program, load, save
+from bpbeval.checkpoint import META_FILE, PROGRAM_FILE, load, save
 from bpbeval.cli import run
 from bpbeval.errors import CheckpointError
 from bpbeval.eval import main as eval_main
+from bpbeval.export_archive import _check_program
 
 
 def test_native_round_trip_gives_the_model_s_logits_for_any_batch_and_length(

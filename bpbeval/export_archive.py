@@ -1,0 +1,390 @@
+"""A ``torch.export`` archive (``model.pt2``) from an untrusted hand, checked before torch reads it.
+
+In torch 2.13, ``torch.export.load`` itself unpickles: weights and constants stored
+as tensor subclasses (``torch.load(weights_only=False)``), script and opaque objects
+(``pickle.loads``), sample inputs (``weights_only=True`` first, then a fallback to
+``weights_only=False``), legacy archives, and it loads AOTInductor libraries and
+every ``models/*.json`` it finds. So :func:`check_archive` admits only the files
+``torch.export.save`` writes for one plain program, and its JSON payload configs
+must mark every weight and constant as raw bytes. Then :func:`load_program` runs
+``torch.export.load`` with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, which turns
+every ``torch.load`` inside into a weights-only one (the sample inputs are plain
+tensors). What remains is raw tensor bytes and the JSON-serialised graph.
+
+That graph is not inert either: torch's deserializer hands some of its strings to
+code. :func:`check_archive` validates each of these fields of ``models/model.json``, wherever
+it appears (nested subgraphs included), before ``torch.export.load`` reads it, and
+admits only what ``torch.export.save`` writes for a plain program:
+
+- ``expr_str`` (symbolic sizes, strides and values): ``sympy.sympify`` evaluates it
+  as Python with every builtin in scope. Admitted: sympy's printed form
+  (``srepr``) of a shape expression, checked with :mod:`ast`: calls of the sympy
+  classes and torch's sympy functions the reader knows, integer literals, symbol
+  names, assumptions such as ``integer=True``.
+- node ``target``, ``as_operator`` arguments and ``source_fn_stack`` metadata: looked
+  up by qualified name (``getattr`` from ``torch``, ``operator``, ``math``, or an
+  extension registry), and graph nodes call what they name. Admitted: the Python
+  operators the export verifier allows, ``torch.sym_*``, a few control-flow and
+  grad-mode higher-order operators, and ATen operators the dispatcher registers
+  whose string arguments are mode switches (so not ``aten.from_file``, which maps a
+  file into a tensor the graph can then write, nor TorchScript builtins such as
+  ``aten.save``).
+- ``guards_code``: Python source that ``ExportedProgram.module()`` compiles and
+  runs. Admitted: none (torch writes an empty list for a plain program).
+- ``in_spec`` and ``out_spec`` (pytree specs): their contexts may name a module to
+  import (enums, ``defaultdict`` factories). Admitted: tuples, lists, dicts and
+  leaves, with contexts of plain keys.
+- ``verifiers``: looked up in torch's verifier registry. Admitted: ``ATEN``, ``TRAINING``.
+- parameter, buffer and constant names, module paths, subgraph names: assigned as
+  attributes along their dotted path. Admitted: dotted identifiers, no dunder.
+- script objects (``custom_obj``): need a pickle and a registered class; refused.
+
+A field that breaks a rule is a :class:`~bpbeval.errors.CheckpointError` naming the
+archive entry and the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import json
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from bpbeval.errors import CheckpointError
+
+# Every file model.pt2 may hold: the graph as JSON, raw tensor bytes described by JSON
+# configs, and archive bookkeeping. Anything else (another model, AOTInductor libraries,
+# legacy pickles) is refused before torch.export.load sees it.
+_ALLOWED_FILES = re.compile(
+    r"(models/model\.json|data/weights/(weight_\d+|model_weights_config\.json)"
+    r"|data/constants/(tensor_\d+|model_constants_config\.json)|data/sample_inputs/model\.pt"
+    r"|archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id)"
+)
+_PAYLOAD_CONFIGS = {
+    "data/weights/model_weights_config.json": re.compile(r"weight_\d+"),
+    "data/constants/model_constants_config.json": re.compile(r"tensor_\d+"),
+}
+_PROGRAM_JSON = "models/model.json"
+
+# What torch writes into the program, field by field (see the module docstring). Expressions
+# are sympy.srepr output; the calls are the sympy classes it prints for shape expressions and
+# the torch.utils._sympy.functions the reader puts in scope (GraphModuleDeserializer).
+_SYMPY_CALLS = frozenset(
+    {
+        *("Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min"),
+        *("Equality", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan"),
+        *("GreaterThan", "And", "Or", "Not"),
+        *("FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt"),
+        *("FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow"),
+        *("FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat"),
+        *("TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity"),
+    }
+)
+_SYMPY_CONSTANTS = frozenset({"true", "false", "oo", "zoo", "nan"})
+_SYMBOL_ASSUMPTIONS = frozenset({"integer", "positive", "nonnegative", "real"})  # ShapeEnv's
+# srepr writes letters, digits, underscores, calls, quotes and keywords; anything else (a
+# newline sympify would delete, a comment, an operator) is not a printed shape expression.
+_EXPRESSION_CHARACTERS = re.compile(r"[A-Za-z0-9_(),.'= +-]*")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?inf|nan")
+_IDENTIFIER = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")
+_DOTTED = re.compile(r"(?!__)\w+(\.(?!__)\w+)*", re.ASCII)
+# What a source_fn_stack entry names besides an operator: a torch function, a functional, an
+# nn.Module class, or a method name (kept as a string). Torch resolves it with getattr from torch.
+_SOURCE_FUNCTION = re.compile(
+    r"torch\.(nn\.modules\.[a-z]\w*\.[A-Z]\w*|nn\.functional\.[a-z]\w*|_C\._nn\.[a-z]\w*|[a-z]\w*)"
+    r"|[a-z]\w*",
+    re.ASCII,
+)
+# Python callables a node may target, as torch's serializer names them: the export verifier's
+# allowed builtins and the symbolic-int operators.
+_PYTHON_TARGETS = frozenset(
+    [
+        *(f"_operator.{name}" for name in ("getitem", "add", "mul", "sub", "truediv", "ge")),
+        *(f"_operator.{name}" for name in ("le", "gt", "lt", "eq", "ne", "floordiv", "mod")),
+        *(f"_operator.{name}" for name in ("and_", "or_", "not_", "pow", "neg", "pos", "abs")),
+        *(f"_operator.{name}" for name in ("lshift", "rshift")),
+        *(f"math.{name}" for name in ("ceil", "floor", "trunc")),
+        *(f"torch.sym_{name}" for name in ("int", "float", "ite", "max", "min", "not", "sqrt")),
+        "torch.sym_sum",
+    ]
+)
+# Higher-order operators that only run their own subgraphs (checked like the main graph).
+_HIGHER_ORDER = frozenset(
+    {"cond", "while_loop", "wrap_with_set_grad_enabled", "wrap_with_autocast"}
+)
+# The string arguments of ATen operators that choose a mode from a fixed set; an operator with
+# any other string argument (a file name, text to print) is refused.
+_MODE_ARGUMENTS = frozenset(
+    {
+        *("approximate", "rounding_mode", "reduce", "equation", "indexing", "interpolation"),
+        *("mode", "norm", "ord", "p", "pad_mode", "padding", "padding_side", "side", "UPLO"),
+        *("driver", "assert_msg", "activation", "algorithm"),
+    }
+)
+_VERIFIERS = frozenset({"ATEN", "TRAINING"})
+_TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict"})
+_NAME_FIELDS = frozenset(
+    {"parameter_name", "buffer_name", "tensor_constant_name", "user_input_name", "fqn"}
+)
+
+
+@contextlib.contextmanager
+def archive_errors(program_path: Path) -> Iterator[None]:
+    """Turn what a corrupt or malformed archive raises while it is read into a CheckpointError."""
+    try:
+        yield
+    except (
+        *(zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RecursionError),
+        *(KeyError, ValueError, TypeError, AttributeError),  # JSON of the wrong shape
+    ) as e:
+        raise CheckpointError(
+            f"{program_path} is not a readable torch.export archive ({e!r})"
+        ) from e
+
+
+def check_archive(program_path: Path) -> None:
+    """Refuse a ``.pt2`` archive holding anything ``torch.export.load`` would unpickle or run."""
+    with zipfile.ZipFile(program_path) as archive:
+        root = _archive_root(program_path, archive)
+        for name in archive.namelist():
+            if not _ALLOWED_FILES.fullmatch(name[len(root) + 1 :]):
+                raise CheckpointError(
+                    f"{program_path} holds {name}, which bpbeval does not load; "
+                    "re-save the checkpoint with bpbeval.checkpoint.save"
+                )
+        for config, payload_file in _PAYLOAD_CONFIGS.items():
+            for fqn, payload in json.loads(archive.read(f"{root}/{config}"))["config"].items():
+                if payload["use_pickle"] or not payload_file.fullmatch(payload["path_name"]):
+                    raise CheckpointError(
+                        f"{program_path} stores {fqn} as a pickled object, which bpbeval "
+                        "refuses to load; export a model whose weights are plain tensors"
+                    )
+        entry = f"{root}/{_PROGRAM_JSON}"
+        _check_program(json.loads(archive.read(entry)), f"{program_path}:{entry}")
+
+
+def _archive_root(program_path: Path, archive: zipfile.ZipFile) -> str:
+    """The one folder every entry lives in; torch reads the entries under the first one's."""
+    names = archive.namelist()
+    root = names[0].split("/", 1)[0] if names else ""
+    # Python's zipfile and torch's reader could disagree on which of two same-named entries,
+    # or on an entry outside the root, is the one that counts: admit neither.
+    if len(set(names)) != len(names) or not all(n.startswith(root + "/") for n in names):
+        raise CheckpointError(
+            f"{program_path} has duplicate entries or entries outside {root}/; "
+            "re-save the checkpoint with bpbeval.checkpoint.save"
+        )
+    return root
+
+
+def _check_program(value: object, entry: str, path: str = "") -> None:
+    """Walk the serialized program and refuse any field torch would evaluate, import or call.
+
+    Example:
+        >>> _check_program({"expr_str": "Symbol('s0', integer=True)"}, "model.json")
+        >>> try:
+        ...     _check_program({"a": [{"expr_str": "__import__('os')"}]}, "model.json")
+        ... except CheckpointError as e:
+        ...     print(str(e).split(", not")[0])
+        model.json: field a[0].expr_str holds "__import__('os')", which calls __import__
+    """
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_program(item, entry, f"{path}[{i}]")
+        return
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        field = f"{path}.{key}" if path else str(key)
+        problem = _field_problem(key, item)
+        if problem is not None:
+            raise CheckpointError(
+                f"{entry}: field {field} holds {_excerpt(item)}, which {problem}; bpbeval loads "
+                "only what torch.export.save writes for a plain program: re-save the checkpoint "
+                "with bpbeval.checkpoint.save"
+            )
+        _check_program(item, entry, field)
+
+
+def _field_problem(key: str, value: object) -> str | None:
+    """Why torch must not see ``value`` under ``key``, or ``None`` if it is what torch writes."""
+    if key == "expr_str":
+        return _expression_problem(value)
+    if key in ("target", "as_operator"):  # only a node has a target
+        return _target_problem(value)
+    if key == "source_fn_stack":
+        return _source_fn_problem(value)
+    if key in ("in_spec", "out_spec"):
+        return _treespec_problem(value)
+    if key == "guards_code" and value != []:
+        return "is Python source that ExportedProgram.module() would exec"
+    if key == "verifiers" and (
+        not isinstance(value, list) or not value or not set(value) <= _VERIFIERS
+    ):
+        return f"names verifiers other than {sorted(_VERIFIERS)}"
+    if key in ("as_custom_obj", "custom_obj") or (key == "custom_obj_values" and value):
+        return "is a script object, which needs a pickle and a registered class"
+    if key == "treespec_namedtuple_fields" and value:
+        return "names namedtuple types, which a plain program's inputs and outputs are not"
+    if key == "range_constraints" and not (
+        isinstance(value, dict) and all(_IDENTIFIER.fullmatch(str(k)) for k in value)
+    ):
+        return "names something other than symbols"
+    if key in _NAME_FIELDS and not (isinstance(value, str) and _DOTTED.fullmatch(value or "_")):
+        return "is not a dotted name of identifiers"
+    if key == "as_graph" and not (
+        isinstance(value, dict) and _IDENTIFIER.fullmatch(str(value.get("name")))
+    ):
+        return "names a subgraph with something other than an identifier"
+    return None
+
+
+def _expression_problem(text: object) -> str | None:
+    """Why ``text`` is not a sympy expression as torch prints one (``srepr``), if it is not."""
+    if not isinstance(text, str) or not _EXPRESSION_CHARACTERS.fullmatch(text):
+        return "holds characters torch's sympy printer never writes"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return "is not a Python expression"
+    return _sympy_problem(tree.body)
+
+
+def _sympy_problem(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return None
+    if isinstance(node, ast.Name) and node.id in _SYMPY_CONSTANTS:
+        return None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _sympy_problem(node.operand)
+    if not isinstance(node, ast.Call):
+        return f"uses {type(node).__name__}, which torch's sympy printer never writes"
+    name = node.func.id if isinstance(node.func, ast.Name) else None
+    if name not in _SYMPY_CALLS:
+        return f"calls {ast.unparse(node.func)}, not one of the sympy functions torch writes"
+    # Strings appear only as a symbol's name and a float's digits: sympy would parse a string
+    # argument of any other function as one more expression.
+    first = node.args[0] if node.args else None
+    if name in ("Symbol", "Float"):
+        pattern = _IDENTIFIER if name == "Symbol" else _NUMBER
+        if not (
+            len(node.args) == 1
+            and isinstance(first, ast.Constant)
+            and isinstance(first.value, str)
+            and pattern.fullmatch(first.value)
+        ):
+            return f"gives {name} something other than a {'name' if name == 'Symbol' else 'number'}"
+        allowed = _SYMBOL_ASSUMPTIONS if name == "Symbol" else {"precision"}
+        for keyword in node.keywords:
+            if keyword.arg not in allowed or not (
+                isinstance(keyword.value, ast.Constant) and type(keyword.value.value) in (bool, int)
+            ):
+                return f"gives {name} the keyword {keyword.arg}, which torch never writes"
+        return None
+    if node.keywords:
+        return f"gives {name} keywords, which torch never writes"
+    return next(filter(None, map(_sympy_problem, node.args)), None)
+
+
+def _target_problem(target: object) -> str | None:
+    """Why a node must not call what ``target`` names, or ``None`` if torch.export writes it."""
+    if not isinstance(target, str):
+        return "is not an operator name"
+    if target in _PYTHON_TARGETS:
+        return None
+    higher_order = re.fullmatch(r"torch\.ops\.higher_order\.(\w+)", target)
+    if higher_order and higher_order[1] in _HIGHER_ORDER:
+        return None
+    aten = re.fullmatch(r"torch\.ops\.aten\.(\w+)\.(\w+)", target)
+    if not aten:
+        return (
+            "is not an ATen operator, a control-flow operator or a Python operator torch.export "
+            "writes"
+        )
+    name, overload = f"aten::{aten[1]}", "" if aten[2] == "default" else aten[2]
+    if f"{name}.{overload}".rstrip(".") not in _dispatcher_operators():
+        return "is not an operator the dispatcher registers (a TorchScript builtin, or none)"
+    strings = [
+        a.name for a in torch._C._get_schema(name, overload).arguments if "str" in str(a.type)
+    ]
+    if not set(strings) <= _MODE_ARGUMENTS:
+        stranger = sorted(set(strings) - _MODE_ARGUMENTS)[0]
+        return f"takes a string argument {stranger!r} that is not a mode"
+    return None
+
+
+@functools.cache
+def _dispatcher_operators() -> frozenset[str]:
+    return frozenset(torch._C._dispatch_get_all_op_names())
+
+
+def _source_fn_problem(stack: object) -> str | None:
+    """``source_fn_stack`` is ``name,target;...``; torch looks each target up by name."""
+    if not isinstance(stack, str):
+        return "is not a source function stack"
+    for item in stack.split(";"):
+        name, _, target = item.partition(",")
+        if not _IDENTIFIER.fullmatch(name) or (
+            _target_problem(target) is not None and not _SOURCE_FUNCTION.fullmatch(target)
+        ):
+            return "names something other than an operator, a torch function or a module class"
+    return None
+
+
+def _treespec_problem(text: object) -> str | None:
+    """A pytree spec whose every node is a tuple, list, dict or leaf, with plain contexts."""
+    try:
+        protocol, spec = json.loads(text)  # type: ignore[arg-type]
+        pending = [spec]
+        while pending:
+            node = pending.pop()
+            context = node["context"]
+            keys = None if context is None else json.loads(context)
+            if node["type"] not in _TREESPEC_TYPES or not (
+                keys is None or (isinstance(keys, list) and all(_plain_key(k) for k in keys))
+            ):
+                return "holds a pytree type or context other than tuple, list, dict and keys"
+            pending.extend(node["children_spec"])
+    except (TypeError, ValueError, KeyError):
+        return "is not a pytree spec"
+    return None if protocol == 1 else "is a pytree spec in a protocol torch.export does not write"
+
+
+def _plain_key(key: object) -> bool:
+    return isinstance(key, (str, int)) and not isinstance(key, bool)
+
+
+def _excerpt(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Make every ``torch.load`` in the body weights-only, whatever its caller asks."""
+    key, old = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
+
+
+def load_program(program_path: Path) -> torch.export.ExportedProgram:
+    """``torch.export.load`` of a checked archive, with every ``torch.load`` inside weights-only."""
+    with _weights_only_loads():
+        try:
+            return torch.export.load(program_path)
+        except Exception as e:  # torch raises assorted types for a corrupt archive
+            raise CheckpointError(f"cannot load {program_path}: {e}") from e
