@@ -56,7 +56,7 @@ TARGETS = {
             "tests/test_scoring_contract.py",
             "tests/test_bruteforce.py",
             "tests/test_scoring.py",
-            "tests/test_attribution.py",  # per-token nats, which the reduce also places
+            "tests/test_scoring_attribution.py",  # per-token nats, which the reduce places too
         ),
     ),
     "statistics": Target(
