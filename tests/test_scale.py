@@ -63,7 +63,9 @@ def test_peak_memory_does_not_grow_with_the_corpus():
     # Byte-level: every byte is a token, so the corpus really grew 8x, all of it scored.
     assert small["tokens"] >= 150_000 and large["tokens"] >= 1_200_000
     assert large["docs"] > 7 * small["docs"]
-    # Holding the whole corpus as text, tokens and windows, as the engine once did, costs
-    # about 80 bytes per token: 84 MB more here, against a bound of about 20 MB.
+    # The bound: at most 10% more. Holding the whole corpus as text, tokens and
+    # windows, as the engine once did, costs about 80 bytes per token: 84 MB (17%) more here.
+    # What does grow is per-document results (columns, and the class and position sums of
+    # attribution): about 25 MB (5%) here, measured.
     growth_kib = large["peak_kib"] - small["peak_kib"]
-    assert growth_kib <= 0.05 * small["peak_kib"], (small, large)
+    assert growth_kib <= 0.10 * small["peak_kib"], (small, large)
