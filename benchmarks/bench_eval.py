@@ -24,17 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 
 import numpy as np
 import torch
 from bench_metric import _peak_rss_kib
+from eval_windows import padded_windows
 
 from bpbeval.checkpoint import load, save
 from bpbeval.data import Document
 from bpbeval.gpt import GPT, GPTConfig
 from bpbeval.losses import token_nats, token_nats_from_hidden
-from bpbeval.scoring import padded_length, rolling_windows, score_documents
+from bpbeval.scoring import score_documents
 from bpbeval.tokenizer import train
 
 # A model whose forward pass outweighs the softmax over its vocabulary, as real ones do
@@ -52,23 +52,23 @@ def forward_batches(checkpoint, documents: list[Document]) -> list[tuple[torch.T
     """What eval feeds the model: the same windows, padding and batches, with each row's
     scored slice and targets."""
     tokenizer = checkpoint.tokenizer
-    buckets = defaultdict(list)
-    for ids in tokenizer.encode_batch([d.text for d in documents]):
-        seq = np.array([tokenizer.bos_id, *ids], dtype=np.int64)
-        for w in rolling_windows(len(ids), context_len=CONTEXT, stride=CONTEXT // 2):
-            window = np.full(padded_length(w.end - w.begin, CONTEXT), tokenizer.bos_id)
-            window[: w.end - w.begin] = seq[w.begin : w.end]
-            scored = slice(w.start - w.begin, w.end - w.begin)
-            buckets[len(window)].append(
-                (window, scored, torch.from_numpy(seq[w.start + 1 : w.end + 1]))
-            )
+    buckets = padded_windows(
+        tokenizer, [d.text for d in documents], context_len=CONTEXT, stride=CONTEXT // 2
+    )
     batches = []
     for length in sorted(buckets, reverse=True):
         windows = buckets[length]
         for i in range(0, len(windows), BATCH):
             batch = windows[i : i + BATCH]
             ids = torch.from_numpy(np.stack([window for window, _, _ in batch]))
-            batches.append((ids, [(scored, target) for _, scored, target in batch]))
+            rows = [
+                (
+                    slice(w.start - w.begin, w.end - w.begin),
+                    torch.from_numpy(seq[w.start + 1 : w.end + 1]),
+                )
+                for _, w, seq in batch
+            ]
+            batches.append((ids, rows))
     return batches
 
 

@@ -25,18 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from eval_windows import padded_windows
 
 from bpbeval import scoring
 from bpbeval.checkpoint import load, save
 from bpbeval.gpt import GPT, GPTConfig
-from bpbeval.scoring import padded_length, rolling_windows, score_documents
+from bpbeval.scoring import score_documents
 from bpbeval.tokenizer import SPECIAL_TOKENS, train
 
 CONTEXT = 256
@@ -101,18 +101,14 @@ def overhead(checkpoint_dir: Path, data: Path, repeats: int) -> None:
     tokenizer = checkpoint.tokenizer
     # Today's engine batches by token budget; the one before it, 8 windows at a time.
     budget = getattr(scoring, "DEFAULT_BATCH_TOKENS", None)
-    buckets = defaultdict(list)
-    for ids in tokenizer.encode_batch([d.text for d in documents]):
-        seq = np.array([tokenizer.bos_id, *ids], dtype=np.int64)
-        for w in rolling_windows(len(ids), context_len=CONTEXT, stride=CONTEXT // 2):
-            window = np.full(padded_length(w.end - w.begin, CONTEXT), tokenizer.bos_id)
-            window[: w.end - w.begin] = seq[w.begin : w.end]
-            buckets[len(window)].append(window)
+    buckets = padded_windows(
+        tokenizer, [d.text for d in documents], context_len=CONTEXT, stride=CONTEXT // 2
+    )
     batches = []
     for length, windows in sorted(buckets.items(), reverse=True):
         rows = max(1, budget // length) if budget else 8
         for i in range(0, len(windows), rows):
-            batches.append(torch.from_numpy(np.stack(windows[i : i + rows])))
+            batches.append(torch.from_numpy(np.stack([ids for ids, _, _ in windows[i : i + rows]])))
 
     def bare() -> None:
         with torch.inference_mode():

@@ -20,17 +20,17 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from eval_windows import padded_windows
 
 from bpbeval import scoring
 from bpbeval.checkpoint import load, save
 from bpbeval.data import Document
 from bpbeval.gpt import GPT, GPTConfig
-from bpbeval.scoring import padded_length, rolling_windows, score_documents
+from bpbeval.scoring import score_documents
 from bpbeval.tokenizer import train
 
 CONTEXT = 512
@@ -135,15 +135,13 @@ def check_torchrun_nccl(path: Path, documents: list[Document], directory: Path) 
 def check_throughput(device: torch.device, path: Path, documents: list[Document]) -> None:
     checkpoint = load(str(path), device=device, dtype=torch.bfloat16)
     tokenizer, budget = checkpoint.tokenizer, scoring.DEFAULT_BATCH_TOKENS
-    buckets = defaultdict(list)
-    for ids in tokenizer.encode_batch([d.text for d in documents]):
-        seq = np.array([tokenizer.bos_id, *ids], dtype=np.int64)
-        for w in rolling_windows(len(ids), context_len=CONTEXT, stride=CONTEXT // 2):
-            window = np.full(padded_length(w.end - w.begin, CONTEXT), tokenizer.bos_id)
-            window[: w.end - w.begin] = seq[w.begin : w.end]
-            buckets[len(window)].append(window)
+    buckets = padded_windows(
+        tokenizer, [d.text for d in documents], context_len=CONTEXT, stride=CONTEXT // 2
+    )
     batches = [
-        torch.from_numpy(np.stack(windows[i : i + max(1, budget // length)])).to(device)
+        torch.from_numpy(
+            np.stack([ids for ids, _, _ in windows[i : i + max(1, budget // length)]])
+        ).to(device)
         for length, windows in buckets.items()
         for i in range(0, len(windows), max(1, budget // length))
     ]
