@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench mutate clean
 
-# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+# torch first, pinned: a newer or unpinned torch would be another multi-GB download; the
+# README says which build the pin gets on which platform.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
