@@ -57,6 +57,10 @@ class TrainerBitsPerByte:
         >>> metrics = bpb.compute_metrics(EvalPrediction(nats, labels), compute_result=True)
         >>> round(metrics["bits_per_byte"], 6), metrics["bytes_per_token"]  # 1-byte tokens
         (2.0, 1.0)
+        >>> # eval_do_concat_batches=False: one array per batch, each of its own length
+        >>> batches = EvalPrediction([nats, nats[:, :1]], [labels, labels[:, :2]])
+        >>> round(bpb.compute_metrics(batches)["bits_per_byte"], 6)
+        2.0
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -83,14 +87,22 @@ class TrainerBitsPerByte:
     ) -> dict[str, float]:
         """Add a batch (or, without ``batch_eval_metrics``, the whole eval set) to the metric.
 
+        Without ``batch_eval_metrics`` the eval set comes as one array, or with
+        ``eval_do_concat_batches=False`` as a list of per-batch arrays (each of its own
+        sequence length); either way every batch is added, with the same result.
+
         Returns the figures on the last batch (``compute_result``) and starts afresh; an
         empty dict before that.
         """
-        nats = torch.as_tensor(eval_prediction.predictions)
-        target = torch.as_tensor(eval_prediction.label_ids, device=nats.device)[:, 1:]
-        if self.metric.device != nats.device:
-            self.metric.to(nats.device)
-        self.metric.update(nats, target)
+        predictions, label_ids = eval_prediction.predictions, eval_prediction.label_ids
+        if not isinstance(predictions, list):
+            predictions, label_ids = [predictions], [label_ids]
+        for batch_nats, batch_labels in zip(predictions, label_ids, strict=True):
+            nats = torch.as_tensor(batch_nats)
+            target = torch.as_tensor(batch_labels, device=nats.device)[:, 1:]
+            if self.metric.device != nats.device:
+                self.metric.to(nats.device)
+            self.metric.update(nats, target)
         if not compute_result:
             return {}
         result = self.metric.compute_all()
