@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -94,14 +95,19 @@ def _skipped_notice(skipped: list[Path]) -> str:
     return f"skipped {len(skipped)} {files} not data ({kinds}): {names}"
 
 
+def _shown(value: object) -> str:
+    """A value in a message: its type and its repr, cut to 40 characters."""
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{type(value).__name__} {shown}"
+
+
 def _domain(value: object, where: str, column: str) -> str | None:
     # A label is text; null is no domain. str() of anything else would invent one: 1, 1.0
     # and True would become three domains or one depending on the writer, a list its repr.
     if value is None or isinstance(value, str):
         return value
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     raise DataError(
-        f"{where}: domain {column!r} holds {type(value).__name__} {shown}, not a string; "
+        f"{where}: domain {column!r} holds {_shown(value)}, not a string; "
         "write domain labels as strings (or null for none)"
     )
 
@@ -116,28 +122,65 @@ def _decode(data: bytes, where: str, offset: int = 0) -> str:
         ) from None
 
 
-# A reader yields, for every row of a file in order, ``(nbytes, decoded)``: the row's UTF-8
-# bytes when known without decoding it (else None), and ``(text, domain)`` when the row is
-# wanted (else None). Rows another rank scores are never turned into Python strings.
+# A format's reader yields, for every row of a file in order, ``(where, nbytes, values)``:
+# the row's place for messages, its UTF-8 bytes when known without decoding it (else None),
+# and a function that reads its text and domain as stored (str, or UTF-8 bytes; None where
+# there is no domain). Only :func:`_rows` calls it, and only for a wanted row.
+_Stored = Iterator[tuple[str, int | None, Callable[[], tuple[object, object]]]]
+
+# What :func:`_rows` makes of them: ``(nbytes, decoded)``, with ``(text, domain)`` when the
+# row is wanted (else None). Rows another rank scores are never turned into Python strings.
 _Rows = Iterator[tuple[int | None, tuple[str, str | None] | None]]
 
 
-def _read_parquet(
-    path: Path,
-    text_column: str,
-    domain_column: str | None,
-    wanted: Callable[[int], bool],
-    *,
-    domain_required: bool,
+def _rows(
+    stored: _Stored, wanted: Callable[[int], bool], text_field: str, domain_column: str
 ) -> _Rows:
+    """The per-row rule every format shares.
+
+    Another rank's row is passed over unread. A wanted row's text must be text (bytes are
+    decoded as UTF-8) that has UTF-8 bytes, counted unless the reader knows them; its
+    domain a string or None. ``text_field`` names where the text is stored, for messages
+    ("column 'text'", "key 'text'").
+    """
+    for row, (where, nbytes, values) in enumerate(stored):
+        if not wanted(row):
+            yield nbytes, None
+            continue
+        text, domain = values()
+        if isinstance(text, bytes):
+            text = _decode(text, where)
+        if not isinstance(text, str):
+            raise DataError(f"{where}: {text_field} holds {_shown(text)}, not text")
+        if nbytes is None:
+            try:  # a JSON escape like "\ud800" gives a lone surrogate, which has no UTF-8
+                nbytes = len(text.encode("utf-8"))
+            except UnicodeEncodeError as e:
+                raise DataError(
+                    f"{where}: {text_field} holds a lone surrogate {text[e.start]!r}, "
+                    "which is not text and has no UTF-8 bytes"
+                ) from None
+        if isinstance(domain, bytes):
+            domain = _decode(domain, where)
+        yield nbytes, (text, _domain(domain, where, domain_column))
+
+
+def _cells(
+    texts: pa.ChunkedArray, domains: pa.ChunkedArray | None, i: int
+) -> tuple[object, object]:
+    return texts[i].as_py(), None if domains is None else domains[i].as_py()
+
+
+def _read_parquet(
+    path: Path, text_column: str, domain_column: str, *, domain_required: bool
+) -> _Stored:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     names = pf.schema_arrow.names
-    if domain_column not in names and not domain_required:
-        domain_column = None
-    columns = [c for c in (text_column, domain_column) if c is not None]
+    read_domain = domain_required or domain_column in names
+    columns = [text_column, domain_column] if read_domain else [text_column]
     for column in columns:
         if column not in names:
             raise DataError(
@@ -154,82 +197,43 @@ def _read_parquet(
                 if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)
                 else [None] * len(texts)
             )
-            domains = table.column(domain_column) if domain_column else None
+            domains = table.column(domain_column) if read_domain else None
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: row group {group} is corrupt ({e})") from None
         for i, nbytes in enumerate(lengths):
-            where = f"{path}: row {row}"
-            decoded = None
-            if wanted(row):
-                text = texts[i].as_py()
-                domain = domains[i].as_py() if domains is not None else None
-                if isinstance(text, bytes):
-                    text = _decode(text, where)
-                if not isinstance(text, str):
-                    raise DataError(f"{where}: column {text_column!r} holds {text!r}, not text")
-                if isinstance(domain, bytes):
-                    domain = _decode(domain, where)
-                decoded = text, _domain(domain, where, domain_column)
-                nbytes = len(text.encode("utf-8")) if nbytes is None else nbytes
-            yield nbytes, decoded
+            yield f"{path}: row {row}", nbytes, partial(_cells, texts, domains, i)
             row += 1
 
 
 def _read_jsonl(
-    path: Path,
-    text_column: str,
-    domain_column: str | None,
-    wanted: Callable[[int], bool],
-    *,
-    domain_required: bool,
-) -> _Rows:
-    offset = row = 0
+    path: Path, text_column: str, domain_column: str, *, domain_required: bool
+) -> _Stored:
+    def values(raw: bytes, where: str, start: int) -> tuple[object, object]:
+        try:
+            obj = json.loads(_decode(raw, where, start))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        for column in (text_column, domain_column if domain_required else None):
+            if column is not None and column not in obj:
+                raise DataError(
+                    f"{where}: no key {column!r}; the keys are {sorted(obj)}; "
+                    "choose one with --text-column/--domain-column"
+                )
+        return obj[text_column], obj.get(domain_column)
+
+    offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}: line {lineno}"
             start, offset = offset, offset + len(raw)
-            if not raw.strip():  # JSON's whitespace is ASCII; a line of other space is malformed
-                continue
-            if not wanted(row):
-                yield None, None
-                row += 1
-                continue
-            line = _decode(raw, where, start)
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            for column in (text_column, domain_column if domain_required else None):
-                if column is not None and column not in obj:
-                    raise DataError(
-                        f"{where}: no key {column!r}; the keys are {sorted(obj)}; "
-                        "choose one with --text-column/--domain-column"
-                    )
-            text = obj[text_column]
-            if not isinstance(text, str):
-                kind = type(text).__name__
-                raise DataError(f"{where}: key {text_column!r} holds {kind}, not text")
-            try:  # a JSON escape like "\ud800" gives a lone surrogate, which has no UTF-8
-                nbytes = len(text.encode("utf-8"))
-            except UnicodeEncodeError as e:
-                raise DataError(
-                    f"{where}: key {text_column!r} holds a lone surrogate {text[e.start]!r}, "
-                    "which is not text and has no UTF-8 bytes"
-                ) from None
-            domain = None
-            if domain_column is not None and domain_column in obj:
-                domain = _domain(obj[domain_column], where, domain_column)
-            yield nbytes, (text, domain)
-            row += 1
+            if raw.strip():  # JSON's whitespace is ASCII; a line of other space is malformed
+                yield where, None, partial(values, raw, where, start)
 
 
-def _read_text(path: Path, wanted: Callable[[int], bool]) -> _Rows:
-    if wanted(0):
-        yield path.stat().st_size, (_decode(path.read_bytes(), str(path)), None)
-    else:
-        yield path.stat().st_size, None
+def _read_text(path: Path) -> _Stored:
+    yield str(path), path.stat().st_size, lambda: (path.read_bytes(), None)
 
 
 def _size_bytes(key_paths: list[tuple[str, Path]], text_column: str) -> int:
@@ -318,15 +322,19 @@ class Corpus:
 
             suffix = path.suffix.lower()
             if suffix == ".parquet":
-                rows = _read_parquet(
-                    path, self.text_column, domain_column, wanted, domain_required=required
+                field = f"column {self.text_column!r}"
+                stored = _read_parquet(
+                    path, self.text_column, domain_column, domain_required=required
                 )
             elif suffix == ".jsonl":
-                rows = _read_jsonl(
-                    path, self.text_column, domain_column, wanted, domain_required=required
+                field = f"key {self.text_column!r}"
+                stored = _read_jsonl(
+                    path, self.text_column, domain_column, domain_required=required
                 )
             else:
-                rows = _read_text(path, wanted)
+                # Its text is its bytes, UTF-8 or refused as such: no message names a field.
+                field, stored = "text", _read_text(path)
+            rows = _rows(stored, wanted, field, domain_column)
             for row, (nbytes, decoded) in enumerate(rows):
                 if self.max_docs is not None and count >= self.max_docs:
                     return

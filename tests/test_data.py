@@ -178,6 +178,21 @@ def test_a_parquet_domain_that_is_not_a_string_is_refused(tmp_path, value, shown
     )
 
 
+@pytest.mark.parametrize(("value", "shown"), [*NOT_STRINGS, (None, "NoneType None")])
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_text_that_is_not_text_is_refused_alike_in_both_formats(tmp_path, fmt, value, shown):
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, [{"text": value}])
+        where = "line 1: key 'text'"
+    else:
+        pq.write_table(pa.table({"text": pa.array([value])}), path)
+        where = "row 0: column 'text'"
+    with pytest.raises(DataError) as e:
+        list(read_documents(path))
+    assert str(e.value) == f"{path}: {where} holds {shown}, not text"
+
+
 def test_a_domain_column_or_key_is_used_without_asking(tmp_path):
     # Named "domain", it gives per-domain figures by default; where absent, no domain.
     write_jsonl(
