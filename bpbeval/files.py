@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from bpbeval.errors import OutputError
 
@@ -26,13 +27,20 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory.
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Stream a file to ``path`` through a temporary file in the same directory.
+
+    The body writes to the yielded binary file. If it raises, the temporary file is
+    removed and ``path`` is untouched; if it succeeds, the file is synced to disk and
+    renamed over ``path``, so a reader never finds it half-written.
 
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
-        >>> atomic_write_bytes(p, b"abc")
+        >>> with atomic_writer(p) as f:
+        ...     _ = f.write(b"ab")
+        ...     _ = f.write(b"c")
         >>> p.read_bytes()
         b'abc'
     """
@@ -41,7 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -50,6 +58,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+        >>> atomic_write_bytes(p, b"abc")
+        >>> p.read_bytes()
+        b'abc'
+    """
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
