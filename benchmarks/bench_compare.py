@@ -75,8 +75,8 @@ def main() -> None:
 
     docs = [Document(f"doc:{i}", f"text of document {i} " * 20) for i in range(args.docs)]
     scores = [
-        DocumentScore(d.id, None, float(a[i]), int(nbytes[i]), int(nbytes[i]) // 4)
-        for i, d in enumerate(docs)
+        DocumentScore(None, float(a[i]), int(nbytes[i]), int(nbytes[i]) // 4)
+        for i in range(len(docs))
     ]
     t_put = best_of(args.repeats, lambda: fill(tempfile.mkdtemp(), docs, scores))
     interval, cache_module._FSYNC_INTERVAL_S = cache_module._FSYNC_INTERVAL_S, -1.0

@@ -89,9 +89,9 @@ class ResultCache:
         >>> doc = Document(id="d1", text="héllo", domain=None)
         >>> root = tempfile.mkdtemp()
         >>> with ResultCache(root, identity="abc", settings={"stride": 8}) as cache:
-        ...     cache.put(doc, DocumentScore(id="d1", domain=None, nats=4.5, bytes=6, tokens=3))
+        ...     cache.put(doc, DocumentScore(domain=None, nats=4.5, bytes=6, tokens=3))
         >>> ResultCache(root, identity="abc", settings={"stride": 8}).get(doc)
-        DocumentScore(id='d1', domain=None, nats=4.5, bytes=6, tokens=3)
+        DocumentScore(domain=None, nats=4.5, bytes=6, tokens=3)
         >>> print(ResultCache(root, identity="abc", settings={"stride": 4}).get(doc))
         None
     """
@@ -128,9 +128,7 @@ class ResultCache:
             return None
         self.hits += 1
         nats, n_bytes, tokens, parts = entry
-        return DocumentScore(
-            document.id, document.domain, nats, n_bytes, tokens, _attribution(parts)
-        )
+        return DocumentScore(document.domain, nats, n_bytes, tokens, _attribution(parts))
 
     def put(self, document: Document, score: DocumentScore) -> None:
         """Record ``score`` for ``document``: in the kernel at once, on disk within a second."""

@@ -8,6 +8,7 @@ which needs no communication and gives every rank at most one more than another.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -179,29 +180,30 @@ def gather_arrays(arrays: Sequence[np.ndarray]) -> list[np.ndarray] | None:
     return out if root else None
 
 
-# Items per rank per call of gather_strings: bounds what one pickled message holds.
-STRINGS_PER_CALL = 1 << 16
+def gather_shards(array: np.ndarray) -> np.ndarray | None:
+    """Rows sharded by :func:`shard_stream` (each rank's in its order), in input order on rank 0.
 
-
-def gather_strings(columns: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
-    """Each column (of one length on a rank), concatenated over ranks in rank order, on rank 0.
-
-    Pickled ``STRINGS_PER_CALL`` items at a time, never a whole rank's in one message.
+    The inverse of round-robin sharding: row ``k`` of rank ``r`` is input row
+    ``k * world_size() + r``. ``None`` on other ranks. Travels as tensors, not pickled.
 
     Example:
-        >>> gather_strings([["a", "b"], [None, "x"]])
-        [['a', 'b'], [None, 'x']]
+        >>> gather_shards(np.array([[1, 2], [3, 4]]))
+        array([[1, 2],
+               [3, 4]])
     """
     if not dist.is_initialized():
-        return [list(column) for column in columns]
-    calls = max(all_gather(-(-len(columns[0]) // STRINGS_PER_CALL)))
-    per_rank: list[list[list[Any]]] = [[[] for _ in columns] for _ in range(world_size())]
-    for call in range(calls):
-        piece = slice(call * STRINGS_PER_CALL, (call + 1) * STRINGS_PER_CALL)
-        parts = gather_to_rank0([list(column[piece]) for column in columns])
-        for source, part in zip(per_rank, parts or [], strict=False):
-            for into, items in zip(source, part, strict=True):
-                into += items
-    if rank() != 0:
+        return array
+    gathered = gather_arrays([array.reshape(-1)])
+    if gathered is None:
         return None
-    return [[item for source in per_rank for item in source[c]] for c in range(len(columns))]
+    (flat,) = gathered
+    row_shape, world = array.shape[1:], world_size()
+    width = math.prod(row_shape)  # elements per row
+    rows = len(flat) // width
+    out = np.empty((rows, *row_shape), dtype=array.dtype)
+    first = 0
+    for source in range(world):
+        count = len(range(source, rows, world))
+        out[source::world] = flat[first : first + count * width].reshape(count, *row_shape)
+        first += count * width
+    return out

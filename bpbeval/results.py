@@ -6,8 +6,9 @@ ratio over nothing (0 bytes, 0 tokens) is NaN, never 0 or an exception. eval, co
 the cache, the plot and the statistics read them from here.
 
 Per-document figures are kept as numpy columns (:class:`DocumentScores`), not one
-Python object per document, so that rank 0 holds ten million documents in a few
-hundred megabytes; :class:`DocumentScore` is one row of them.
+Python object per document, and by position, not by id: row ``i`` is the ``i``-th
+document of the input, whose id the caller already has. So rank 0 holds ten million
+documents in about 320 MB; :class:`DocumentScore` is one row.
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ class DocumentScore:
     """One document's sums: nats over its scored tokens, its UTF-8 bytes, its tokens, and
     (where computed) its nats and bytes by character class and position."""
 
-    id: str
     domain: str | None
     nats: float
     bytes: int
@@ -92,19 +92,17 @@ class DocumentScores(Sequence[DocumentScore]):
     """Per-document sums as columns, in input order; a sequence of :class:`DocumentScore`.
 
     Attributes:
-        id: document ids (numpy strings).
         domain: domain labels, ``None`` for none (numpy objects).
         nats: float64 nats per document.
         bytes: int64 UTF-8 bytes per document.
         tokens: int64 scored tokens per document.
 
     Example:
-        >>> docs = DocumentScores.from_rows([DocumentScore("a", None, 1.5, 3, 2)])
+        >>> docs = DocumentScores.from_rows([DocumentScore(None, 1.5, 3, 2)])
         >>> len(docs), docs[0], docs.nats
-        (1, DocumentScore(id='a', domain=None, nats=1.5, bytes=3, tokens=2), array([1.5]))
+        (1, DocumentScore(domain=None, nats=1.5, bytes=3, tokens=2), array([1.5]))
     """
 
-    id: NDArray[np.str_]
     domain: NDArray[np.object_]
     nats: NDArray[np.float64]
     bytes: NDArray[np.int64]
@@ -114,7 +112,6 @@ class DocumentScores(Sequence[DocumentScore]):
     def from_rows(cls, rows: Sequence[DocumentScore]) -> DocumentScores:
         """Columns from rows (small inputs: tests, examples)."""
         return cls(
-            np.array([r.id for r in rows], dtype=np.dtypes.StringDType()),
             np.array([r.domain for r in rows] + [None], dtype=object)[:-1],
             np.array([r.nats for r in rows], dtype=np.float64),
             np.array([r.bytes for r in rows], dtype=np.int64),
@@ -134,7 +131,6 @@ class DocumentScores(Sequence[DocumentScore]):
         if isinstance(index, slice):
             return DocumentScores(*(column[index] for column in self._columns()))
         return DocumentScore(
-            str(self.id[index]),
             self.domain[index],
             float(self.nats[index]),
             int(self.bytes[index]),
@@ -159,7 +155,7 @@ class DocumentScores(Sequence[DocumentScore]):
         return bits_per_byte(self.nats, self.bytes)  # type: ignore[return-value]
 
     def _columns(self) -> tuple[np.ndarray, ...]:
-        return (self.id, self.domain, self.nats, self.bytes, self.tokens)
+        return (self.domain, self.nats, self.bytes, self.tokens)
 
 
 @dataclass(frozen=True)

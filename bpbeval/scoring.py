@@ -38,7 +38,6 @@ import math
 import queue
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -313,7 +312,8 @@ def score_documents(
     tokenizer = checkpoint.tokenizer
     token_bytes = tokenizer.token_bytes().numpy().astype(np.int64)
     metric = BitsPerByte(tokenizer.token_bytes(device), validate_args=False)
-    results = _Results()
+    results = _Results(attribution=attribution)
+    world_size = distributed.world_size()
     show = progress and distributed.rank() == 0
     if show and progress_bytes is None and isinstance(documents, Corpus):
         progress_bytes = documents.size_bytes()
@@ -327,7 +327,6 @@ def score_documents(
             for value in record.window_nats:  # in window order: the same sum for any batching
                 nats += value
             score = DocumentScore(
-                record.document.id,
                 record.document.domain,
                 nats,
                 record.bytes,
@@ -336,7 +335,8 @@ def score_documents(
             )
             if cache is not None:
                 cache.put(record.document, score)
-        results.add(record.index, score, fresh=record.cached is None)
+        # Row k of this rank's results: its k-th document (sharding is round-robin).
+        results.add(record.index // world_size, score, fresh=record.cached is None)
         bar.finished(record)
 
     def exact_so_far(records: Iterable[_Record]) -> Iterator[_Record]:
@@ -699,97 +699,108 @@ class _Reducer:
 
 
 _PARTS = len(CLASSES) + len(POSITIONS)
+# Rows per block of a result column: columns grow a block at a time, never by copying.
+RESULT_BLOCK = 1 << 16
+
+
+class _Column:
+    """A column filled by row, in any order (documents finish out of order), in blocks."""
+
+    def __init__(self, dtype: type, width: int | None = None) -> None:
+        self._dtype = dtype
+        self._shape = (RESULT_BLOCK,) if width is None else (RESULT_BLOCK, width)
+        self._blocks: list[np.ndarray] = []
+
+    def __setitem__(self, row: int, value: object) -> None:
+        block, offset = divmod(row, RESULT_BLOCK)
+        while len(self._blocks) <= block:
+            self._blocks.append(np.zeros(self._shape, dtype=self._dtype))
+        self._blocks[block][offset] = value
+
+    def take(self, rows: int) -> np.ndarray:
+        """The first ``rows`` rows as one array; the column is left empty."""
+        blocks, self._blocks = self._blocks, []
+        empty = np.zeros((0, *self._shape[1:]), dtype=self._dtype)
+        return np.concatenate([empty, *blocks])[:rows]
 
 
 class _Results:
-    """This rank's per-document results as growing columns (no object per document)."""
+    """This rank's per-document results as columns, row ``k`` its ``k``-th document.
 
-    def __init__(self) -> None:
-        self.index = array("q")
-        self.nats = array("d")
-        self.bytes = array("q")
-        self.tokens = array("q")
-        self.fresh = array("b")
-        # Per document, len(CLASSES) + len(POSITIONS) sums each; all zero without attribution.
-        self.part_nats = array("d")
-        self.part_bytes = array("q")
-        self.attributed = True  # every document so far has its attribution
-        self.ids: list[str] = []
-        self.domains: list[str | None] = []
-        self._labels: dict[str, str] = {}  # one string object per domain, however many documents
+    About 33 bytes a document (plus the class and position sums when attributing):
+    no ids (rows are positions) and no Python object per document.
+    """
 
-    def add(self, index: int, score: DocumentScore, *, fresh: bool) -> None:
-        self.index.append(index)
-        self.nats.append(score.nats)
-        self.bytes.append(score.bytes)
-        self.tokens.append(score.tokens)
-        self.fresh.append(fresh)
+    def __init__(self, *, attribution: bool) -> None:
+        self.rows = 0
+        self.nats = _Column(np.float64)
+        self.bytes = _Column(np.int64)
+        self.tokens = _Column(np.int64)
+        self.fresh = _Column(np.int8)  # scored now, not served by the cache
+        self.domain = _Column(np.int32)  # into labels; -1: no domain
+        self.labels: dict[str, int] = {}
+        self.attributed = attribution  # every document so far has its attribution
+        self.part_nats = _Column(np.float64, _PARTS) if attribution else None
+        self.part_bytes = _Column(np.int64, _PARTS) if attribution else None
+
+    def add(self, row: int, score: DocumentScore, *, fresh: bool) -> None:
+        self.rows = max(self.rows, row + 1)
+        self.nats[row], self.bytes[row], self.tokens[row] = score.nats, score.bytes, score.tokens
+        self.fresh[row] = fresh
+        domain = score.domain
+        self.domain[row] = (
+            -1 if domain is None else self.labels.setdefault(domain, len(self.labels))
+        )
         parts = score.attribution
         self.attributed &= parts is not None
-        if parts is None:
-            self.part_nats.extend([0.0] * _PARTS)
-            self.part_bytes.extend([0] * _PARTS)
-        else:
-            self.part_nats.extend(parts.class_nats.tolist() + parts.position_nats.tolist())
-            self.part_bytes.extend(parts.class_bytes.tolist() + parts.position_bytes.tolist())
-        self.ids.append(score.id)
-        domain = score.domain
-        self.domains.append(None if domain is None else self._labels.setdefault(domain, domain))
+        if self.part_nats is not None and self.part_bytes is not None and parts is not None:
+            self.part_nats[row] = np.concatenate([parts.class_nats, parts.position_nats])
+            self.part_bytes[row] = np.concatenate([parts.class_bytes, parts.position_bytes])
 
 
 def _gather(
     results: _Results, metric: BitsPerByte, *, bytes_from_text: bool, attribution: bool
 ) -> Scores:
-    """Every rank's results on rank 0 in input order, the totals on every rank."""
+    """Every rank's results on rank 0 in input order, the totals on every rank.
+
+    A column at a time, so rank 0 never holds more than one column twice.
+    """
     checked = metric.compute_all()  # synchronises the freshly scored totals across ranks
     attributed = attribution and all(distributed.all_gather(results.attributed))
-    numbers = distributed.gather_arrays(
-        [
-            np.frombuffer(results.index, dtype=np.int64),
-            np.frombuffer(results.nats, dtype=np.float64),
-            np.frombuffer(results.bytes, dtype=np.int64),
-            np.frombuffer(results.tokens, dtype=np.int64),
-            np.frombuffer(results.fresh, dtype=np.int8),
-        ]
+    # One label table for every rank, so that codes mean the same wherever they come from.
+    labels = sorted(set().union(*distributed.all_gather(list(results.labels))))
+    code = {label: i for i, label in enumerate(labels)}
+    recode = np.array([code[label] for label in results.labels] + [-1], dtype=np.int32)
+    rows = results.rows
+    domain_codes = distributed.gather_shards(recode[results.domain.take(rows)])
+    nats, n_bytes, tokens, fresh = (
+        distributed.gather_shards(column.take(rows))
+        for column in (results.nats, results.bytes, results.tokens, results.fresh)
     )
-    # _PARTS entries a document: a gather of its own, whose arrays share one length.
-    part_sums = (
-        distributed.gather_arrays(
-            [
-                np.frombuffer(results.part_nats, dtype=np.float64),
-                np.frombuffer(results.part_bytes, dtype=np.int64),
-            ]
-        )
-        if attributed
-        else None
-    )
-    labels = distributed.gather_strings([results.ids, results.domains])
+    part_nats = part_bytes = None
+    if attributed and results.part_nats is not None and results.part_bytes is not None:
+        part_nats = distributed.gather_shards(results.part_nats.take(rows))
+        part_bytes = distributed.gather_shards(results.part_bytes.take(rows))
     totals = parts = None
-    if numbers is not None and labels is not None:
-        index, nats, n_bytes, tokens, fresh = numbers
-        order = np.argsort(index, kind="stable")
-        if part_sums is not None:
-            part_nats, part_bytes = (x.reshape(-1, _PARTS)[order] for x in part_sums)
+    documents = DocumentScores.from_rows([])
+    if nats is not None and n_bytes is not None and tokens is not None and fresh is not None:
+        assert domain_codes is not None
+        if part_nats is not None and part_bytes is not None:
             k = len(CLASSES)
             parts = Attributions(
                 part_nats[:, :k], part_bytes[:, :k], part_nats[:, k:], part_bytes[:, k:]
             )
-        ids, domains = (np.array(column, dtype=object)[order] for column in labels)
-        documents = DocumentScores(
-            ids.astype(np.dtypes.StringDType()),
-            domains,
-            nats[order],
-            n_bytes[order],
-            tokens[order],
-        )
-        fresh = fresh.astype(bool)
-        _check_metric(checked.nats.item(), checked.tokens.item(), nats[fresh], tokens[fresh])
-        totals = (math.fsum(nats), int(n_bytes.sum()), int(tokens.sum()), len(index))
+        # One string object per label, shared by its documents; code -1 picks the None.
+        domains = np.array([*labels, None], dtype=object)[domain_codes]
+        documents = DocumentScores(domains, nats, n_bytes, tokens)
+        scored = fresh.astype(bool)
+        _check_metric(checked.nats.item(), checked.tokens.item(), nats[scored], tokens[scored])
+        totals = (math.fsum(nats), int(n_bytes.sum()), int(tokens.sum()), len(nats))
     nats_total, bytes_total, tokens_total, count = distributed.broadcast_from_rank0(totals)
     if count == 0:
         raise DataError("no documents to score")
     return Scores(
-        documents if numbers is not None else DocumentScores.from_rows([]),
+        documents,
         nats_total,
         bytes_total,
         tokens_total,

@@ -27,7 +27,7 @@ def _score(doc: Document, i: int) -> DocumentScore:
     # Floats with full mantissas, so a lossy round trip would show.
     n_bytes = len(doc.text.encode())
     return DocumentScore(
-        id=doc.id, domain=doc.domain, nats=n_bytes / 3 + i / 7, bytes=n_bytes, tokens=i + 1
+        domain=doc.domain, nats=n_bytes / 3 + i / 7, bytes=n_bytes, tokens=i + 1
     )
 
 
@@ -115,7 +115,7 @@ from bpbeval.scoring import DocumentScore
 with ResultCache({str(tmp_path)!r}, identity="model-a", settings={SETTINGS!r}) as cache:
     for i in itertools.count():
         doc = Document(id=f"d{{i}}", text="x" * (i % 50), domain=None)
-        cache.put(doc, DocumentScore(id=doc.id, domain=None, nats=i / 3, bytes=i % 50, tokens=i))
+        cache.put(doc, DocumentScore(domain=None, nats=i / 3, bytes=i % 50, tokens=i))
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
@@ -132,9 +132,7 @@ with ResultCache({str(tmp_path)!r}, identity="model-a", settings={SETTINGS!r}) a
     assert len(cache) == complete > 0
     for i in range(complete):
         doc = Document(id=f"d{i}", text="x" * (i % 50), domain=None)
-        assert cache.get(doc) == DocumentScore(
-            id=f"d{i}", domain=None, nats=i / 3, bytes=i % 50, tokens=i
-        )
+        assert cache.get(doc) == DocumentScore(domain=None, nats=i / 3, bytes=i % 50, tokens=i)
 
 
 @pytest.mark.parametrize(

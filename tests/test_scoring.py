@@ -75,7 +75,8 @@ def test_bpb_equals_brute_force_and_every_byte_is_scored_once(
     checkpoint, model = request.getfixturevalue(which)
     tokenizer = checkpoint.tokenizer
     scores = score_documents(checkpoint, documents, stride=1, batch_size=5, progress=False)
-    assert [s.id for s in scores.documents] == [d.id for d in documents]
+    # Row i is document i: each row holds exactly its document's bytes.
+    assert [s.bytes for s in scores.documents] == [len(d.text.encode()) for d in documents]
     token_bytes = tokenizer.token_bytes()
     for doc, score, ids in zip(
         documents,
@@ -267,8 +268,10 @@ def mixed_documents(documents):
     return [*documents, *long]
 
 
-def per_document(scores):
-    return {s.id: (s.nats, s.bytes, s.tokens) for s in scores.documents}
+def per_document(scores, documents):
+    return {
+        d.id: (s.nats, s.bytes, s.tokens) for d, s in zip(documents, scores.documents, strict=True)
+    }
 
 
 def test_nats_are_bit_identical_for_any_token_budget_row_cap_lookahead_and_order(
@@ -287,8 +290,10 @@ def test_nats_are_bit_identical_for_any_token_budget_row_cap_lookahead_and_order
         ({"batch_tokens": 200}, shuffled),
     ]:
         scores = score_documents(checkpoint, docs, stride=5, progress=False, **options)
-        assert per_document(scores) == per_document(reference), options  # exact, not approx
-        assert [s.id for s in scores.documents] == [d.id for d in docs]
+        assert per_document(scores, docs) == per_document(reference, mixed_documents), (
+            options
+        )  # exact, not approx
+        assert [s.bytes for s in scores.documents] == [len(d.text.encode()) for d in docs]
         assert scores.nats == reference.nats  # fsum: exactly rounded, in any order
 
 

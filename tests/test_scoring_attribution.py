@@ -128,7 +128,7 @@ def test_a_cache_line_with_a_bad_attribution_is_corrupt(tmp_path):
     document = Document("d", "ab1")
     parts = attribute(document.text, [1.0, 2.0], [2, 1])
     with ResultCache(tmp_path, identity="x", settings={}) as cache:
-        cache.put(document, DocumentScore("d", None, 3.0, 3, 2, parts))
+        cache.put(document, DocumentScore(None, 3.0, 3, 2, parts))
     assert ResultCache(tmp_path, identity="x", settings={}).get(document).attribution == parts
     file = next(tmp_path.rglob("scores-*.jsonl"))
     line = json.loads(file.read_text())

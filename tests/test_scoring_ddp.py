@@ -62,7 +62,7 @@ with distributed.process_group("cpu"):
         load(checkpoint), read_documents(data), stride=5, batch_tokens=int(budget), progress=False
     )
     if distributed.rank() == 0:
-        rows = [[s.id, s.domain, s.nats.hex(), s.bytes, s.tokens] for s in scores.documents]
+        rows = [[s.domain, s.nats.hex(), s.bytes, s.tokens] for s in scores.documents]
         with open(out, "w") as f:
             json.dump({"documents": rows, "nats": scores.nats.hex()}, f)
 """
@@ -89,7 +89,7 @@ def test_per_document_nats_are_bit_identical_at_world_sizes_2_and_3(
 
     documents = list(read_documents(documents_jsonl))
     reference = score_documents(load(checkpoint_path), documents, stride=5, progress=False)
-    expected = [[s.id, s.domain, s.nats.hex(), s.bytes, s.tokens] for s in reference.documents]
+    expected = [[s.domain, s.nats.hex(), s.bytes, s.tokens] for s in reference.documents]
     for world, (_, stderr) in outputs.items():
         assert launches[world].returncode == 0, stderr
         result = json.loads((tmp_path / f"world{world}.json").read_text())
