@@ -3,24 +3,28 @@
 Everything here renders one model's scores (eval) or a :class:`bpbeval.compare.Comparison`
 and the two models' scores; nothing computes a figure that the JSON and the terminal could
 then disagree on. Every renderer returns text or bytes, so that compare renders every
-output before writing any.
+output before writing any, except the per-document Parquet, which can outgrow memory: it
+is streamed to a file that compare moves into place with the others.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bpbeval
 from bpbeval.attribution import CLASSES, POSITIONS, Attributions
+from bpbeval.data import Document
 from bpbeval.errors import MissingDependencyError
 from bpbeval.results import Scores, bits_per_byte
 from bpbeval.statistics import (
@@ -42,6 +46,8 @@ MODELS = ("A", "B")
 # and this many documents of each list.
 TERMINAL_SHARE = 0.01
 TERMINAL_DOCUMENTS = 3
+# Rows per row group of the per-document Parquet: what it holds in memory at a time.
+PER_DOCUMENT_ROWS = 1 << 15
 _HIGHLIGHT_TITLES = {
     "a_beats_b": "documents where A beats B most",
     "b_beats_a": "documents where B beats A most",
@@ -212,31 +218,61 @@ def to_json(
     return json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def per_document_parquet(a: Scores, b: Scores) -> bytes:
-    """Per-document results as Parquet bytes: id, domain, bytes, then nats and tokens per model.
+def write_per_document_parquet(
+    sink: BinaryIO, documents: Iterable[Document], a: Scores, b: Scores
+) -> None:
+    """Write per-document results as Parquet: id, domain, bytes, then nats and tokens per model.
 
     With attribution, then for each class ``c`` of :data:`CLASSES`: ``bytes_c``, ``nats_a_c``
-    and ``nats_b_c``.
+    and ``nats_b_c``. Written ``PER_DOCUMENT_ROWS`` documents at a time, one row group
+    each, so memory holds one row group whatever the corpus.
+
+    Args:
+        sink: a binary file open for writing (:func:`bpbeval.files.atomic_writer`).
+        documents: the documents both were scored on, in order (streamed once, for ids).
+        a: model A's scores (every document, as rank 0 holds them).
+        b: model B's scores.
+
+    Raises:
+        ValueError: ``documents`` are more or fewer than the scored documents.
+
+    Example:
+        >>> import io
+        >>> from bpbeval.results import DocumentScore, DocumentScores
+        >>> def scores(nats):
+        ...     rows = DocumentScores.from_rows([DocumentScore("web", nats, 4, 2)])
+        ...     return Scores(rows, nats, 4, 2, False)
+        >>> sink = io.BytesIO()
+        >>> write_per_document_parquet(sink, [Document("d1", "abcd")], scores(3.0), scores(2.5))
+        >>> pq.read_table(sink).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+        [{'id': 'd1', 'domain': 'web', 'bytes': 4, 'nats_a': 3.0, 'tokens_a': 2,
+          'nats_b': 2.5, 'tokens_b': 2}]
     """
     docs_a, docs_b = a.documents, b.documents
-    data = {
-        "id": pa.array(docs_a.id.tolist(), pa.string()),
-        "domain": pa.array(docs_a.domain.tolist(), pa.string()),
-        "bytes": pa.array(docs_a.bytes, pa.int64()),
-        "nats_a": pa.array(docs_a.nats, pa.float64()),
-        "tokens_a": pa.array(docs_a.tokens, pa.int64()),
-        "nats_b": pa.array(docs_b.nats, pa.float64()),
-        "tokens_b": pa.array(docs_b.tokens, pa.int64()),
+    columns = {
+        "domain": (docs_a.domain, pa.string()),
+        "bytes": (docs_a.bytes, pa.int64()),
+        "nats_a": (docs_a.nats, pa.float64()),
+        "tokens_a": (docs_a.tokens, pa.int64()),
+        "nats_b": (docs_b.nats, pa.float64()),
+        "tokens_b": (docs_b.tokens, pa.int64()),
     }
     if a.attribution is not None and b.attribution is not None:
         for k, name in enumerate(CLASSES):
-            data[f"bytes_{name}"] = pa.array(a.attribution.class_bytes[:, k], pa.int64())
-            data[f"nats_a_{name}"] = pa.array(a.attribution.class_nats[:, k], pa.float64())
-            data[f"nats_b_{name}"] = pa.array(b.attribution.class_nats[:, k], pa.float64())
-    columns = pa.table(data)
-    sink = io.BytesIO()
-    pq.write_table(columns, sink)
-    return sink.getvalue()
+            columns[f"bytes_{name}"] = (a.attribution.class_bytes[:, k], pa.int64())
+            columns[f"nats_a_{name}"] = (a.attribution.class_nats[:, k], pa.float64())
+            columns[f"nats_b_{name}"] = (b.attribution.class_nats[:, k], pa.float64())
+    schema = pa.schema([("id", pa.string())] + [(name, t) for name, (_, t) in columns.items()])
+    ids = (document.id for document in documents)
+    with pq.ParquetWriter(sink, schema) as writer:
+        for start in range(0, len(docs_a), PER_DOCUMENT_ROWS):
+            rows = slice(start, start + PER_DOCUMENT_ROWS)
+            arrays = [pa.array(list(itertools.islice(ids, PER_DOCUMENT_ROWS)), pa.string())]
+            arrays += [pa.array(column[rows], t) for column, t in columns.values()]
+            # Fewer ids than rows fails here too: the batch's columns differ in length.
+            writer.write_batch(pa.record_batch(arrays, schema=schema))
+        if next(ids, None) is not None:
+            raise ValueError(f"more documents than the {len(docs_a)} scored")
 
 
 def pyplot() -> ModuleType:
