@@ -11,6 +11,7 @@ same JSON, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sys
@@ -32,7 +33,7 @@ from bpbeval.eval import (
     read_scoring_documents,
     score,
 )
-from bpbeval.files import atomic_write_bytes, check_output_file
+from bpbeval.files import atomic_writer, check_output_file
 from bpbeval.report import MODELS
 from bpbeval.results import Scores
 from bpbeval.statistics import (
@@ -265,17 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         documents, scores["A"], scores["B"], bootstrap=args.bootstrap, seed=args.seed
     )
     print(report.terminal(comparison, models, scores))
-    # Every output is rendered before any is written: a failure leaves none behind.
-    outputs: dict[str, bytes] = {}
+    # Every output is whole in a temporary file before any is moved into place: a failure
+    # leaves none behind.
+    rendered: dict[str, bytes] = {}
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in _OUTPUT_FLAGS}
-        outputs[args.json] = report.to_json(comparison, models, scores, settings).encode()
-    if args.per_doc:
-        outputs[args.per_doc] = report.per_document_parquet(scores["A"], scores["B"])
+        rendered[args.json] = report.to_json(comparison, models, scores, settings).encode()
     if args.plot:
-        outputs[args.plot] = report.plot_png(comparison, scores, report.model_names(models))
-    for path, data in outputs.items():
-        atomic_write_bytes(path, data)
+        rendered[args.plot] = report.plot_png(comparison, scores, report.model_names(models))
+    with contextlib.ExitStack() as outputs:
+        for path, data in rendered.items():
+            outputs.enter_context(atomic_writer(path)).write(data)
+        if args.per_doc:
+            # Opened last so that it is synced and moved first: should that fail, no other
+            # output is in place yet.
+            sink = outputs.enter_context(atomic_writer(args.per_doc))
+            report.write_per_document_parquet(sink, documents, scores["A"], scores["B"])
     return 0
 
 
