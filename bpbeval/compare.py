@@ -120,13 +120,13 @@ def compare_scores(
         >>> from bpbeval.results import DocumentScore, DocumentScores
         >>> docs = [Document("x", "abcd"), Document("y", "ef")]
         >>> def scores(*nats):
-        ...     rows = [DocumentScore(d.id, None, n, len(d.text), 2) for d, n in zip(docs, nats)]
+        ...     rows = [DocumentScore(None, n, len(d.text), 2) for d, n in zip(docs, nats)]
         ...     return Scores(DocumentScores.from_rows(rows), sum(nats), 6, 4, False)
         >>> compare_scores(docs, scores(2.0, 1.0), scores(2.0, 1.0)).overall.verdict
         'no verdict, too few documents for a 95% interval (2; at least 41): A − B = 0.0000 bpb'
     """
     _check_same_bytes(documents, a, b)
-    domains = list(a.documents.domain)
+    domains = a.documents.domain
     arrays = (
         a.documents.nats,
         b.documents.nats,
@@ -136,7 +136,7 @@ def compare_scores(
     )
     overall = paired_figures(*arrays, replicates=bootstrap, seed=seed)
     by_domain = {}
-    if any(domain is not None for domain in domains):
+    if np.not_equal(domains, None).any():
         by_domain = paired_figures_by_domain(domains, *arrays, replicates=bootstrap, seed=seed)
     classes, positions = {}, {}
     if a.attribution is not None and b.attribution is not None:
@@ -153,31 +153,38 @@ def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str
     scored = np.flatnonzero(a.documents.bytes > 0)
     bpb_a, bpb_b = a.documents.bits_per_byte[scored], b.documents.bits_per_byte[scored]
     delta = bpb_a - bpb_b
-    # Stable sorts: ties go to the earlier document, so the lists are reproducible.
+
+    def most(values: np.ndarray, where: np.ndarray | None = None) -> list[int]:
+        # The HIGHLIGHTS largest, ties to the earlier document (a stable sort), so the
+        # lists are reproducible; the sort runs over candidates only, never a Python loop.
+        rows = np.arange(len(values)) if where is None else np.flatnonzero(where)
+        top = rows[np.argsort(-values[rows], kind="stable")[:HIGHLIGHTS]]
+        return scored[top].tolist()
+
     picks = {
-        "a_beats_b": [i for i in np.argsort(delta, kind="stable") if delta[i] < 0],
-        "b_beats_a": [i for i in np.argsort(-delta, kind="stable") if delta[i] > 0],
-        "hardest_a": list(np.argsort(-bpb_a, kind="stable")),
-        "hardest_b": list(np.argsort(-bpb_b, kind="stable")),
+        "a_beats_b": most(-delta, delta < 0),
+        "b_beats_a": most(delta, delta > 0),
+        "hardest_a": most(bpb_a),
+        "hardest_b": most(bpb_b),
     }
-    picks = {key: [int(scored[i]) for i in rows[:HIGHLIGHTS]] for key, rows in picks.items()}
     wanted = {i for rows in picks.values() for i in rows}
-    snippets = {
-        i: " ".join(document.text[: 4 * SNIPPET_CHARS].split())[:SNIPPET_CHARS].rstrip()
-        for i, document in enumerate(documents)
-        if i in wanted
-    }
+    # Scores hold positions, not ids: the listed documents' ids and text come from the input.
+    listed = {i: document for i, document in enumerate(documents) if i in wanted}
 
     def highlight(i: int) -> Highlight:
-        x, y = a.documents[i], b.documents[i]
-        return Highlight(x.id, x.bytes, x.bits_per_byte, y.bits_per_byte, snippets[i])
+        x, y, text = a.documents[i], b.documents[i], listed[i].text
+        snippet = " ".join(text[: 4 * SNIPPET_CHARS].split())[:SNIPPET_CHARS].rstrip()
+        return Highlight(listed[i].id, x.bytes, x.bits_per_byte, y.bits_per_byte, snippet)
 
     return {key: [highlight(i) for i in rows] for key, rows in picks.items()}
 
 
 def _check_same_bytes(documents: Iterable[Document], a: Scores, b: Scores) -> None:
-    if not np.array_equal(a.documents.id, b.documents.id):
-        raise ScoringError("A and B were not scored on the same documents in the same order")
+    if len(a.documents) != len(b.documents):
+        raise ScoringError(
+            f"A and B were not scored on the same documents ({len(a.documents)} vs "
+            f"{len(b.documents)})"
+        )
     differ = np.flatnonzero(a.documents.bytes != b.documents.bytes)
     if len(differ):
         x, y = a.documents[int(differ[0])], b.documents[int(differ[0])]
@@ -185,7 +192,7 @@ def _check_same_bytes(documents: Iterable[Document], a: Scores, b: Scores) -> No
         n = len(document.text.encode("utf-8"))
         odd = [m for m, s in zip(MODELS, (x, y), strict=True) if s.bytes != n]
         raise ScoringError(
-            f"A and B disagree on the bytes of document {x.id} ({x.bytes} vs "
+            f"A and B disagree on the bytes of document {document.id} ({x.bytes} vs "
             f"{y.bytes}; its text has {n} UTF-8 bytes), so their bpbs would not share a "
             f"denominator; {' and '.join(odd)} counted other bytes than the text's: a "
             "--cache directory written by other code or edited would do this; delete it"
@@ -234,9 +241,11 @@ def build_parser() -> ArgumentParser:
 
 # Flags that name outputs: they do not change a single figure, so the JSON leaves them out.
 # Nor does the token budget; a speed setting added later, it is left out so that the same
-# settings give the same JSON, byte for byte, as before it existed.
+# settings give the same JSON, byte for byte, as before it existed. So is the attribution
+# switch (added later too): the JSON shows it anyway, as empty classes and positions.
 _OUTPUT_FLAGS = (
     "checkpoint_a", "checkpoint_b", "cache", "json", "per_doc", "plot", "batch_tokens",
+    "attribution",
 )  # fmt: skip
 # The output files and the suffix of what each holds.
 _OUTPUT_SUFFIXES = {"json": ".json", "per_doc": ".parquet", "plot": ".png"}

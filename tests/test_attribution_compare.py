@@ -44,8 +44,9 @@ class DigitsBetter(torch.nn.Module):
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, byte_tokenizer) -> tuple[dict, dict]:
-    """compare A (a tiny GPT) against B (the same, better on digits): JSON and per-doc table."""
+def compared(tmp_path_factory, byte_tokenizer) -> tuple[dict, dict, list[str]]:
+    """compare A (a tiny GPT) against B (the same, better on digits): JSON, per-doc table and
+    the command line."""
     root = tmp_path_factory.mktemp("digits")
     base = tiny_gpt(byte_tokenizer.vocab_size, seed=3)
     digits = byte_tokenizer.encode("0123456789")
@@ -65,11 +66,11 @@ def compared(tmp_path_factory, byte_tokenizer) -> tuple[dict, dict]:
         run(main, argv)
     assert info.value.code == 0
     result = json.loads((root / "out.json").read_text())
-    return result, pq.read_table(root / "docs.parquet").to_pydict()
+    return result, pq.read_table(root / "docs.parquet").to_pydict(), argv
 
 
 def test_the_gap_shows_in_the_digits_and_nowhere_else(compared):
-    result, _ = compared
+    result, _, _ = compared
     classes = result["classes"]
     digits = classes["digits"]
     assert digits["delta_bpb"] > 0.05  # A − B: B is better on digits
@@ -86,7 +87,7 @@ def test_the_gap_shows_in_the_digits_and_nowhere_else(compared):
 @pytest.mark.parametrize("key", ["classes", "positions"])
 def test_the_parts_add_up_to_the_whole(compared, key):
     # Pooled Δbpb is the byte-weighted sum of the parts' Δbpb; bytes and nats add up exactly.
-    result, _ = compared
+    result, _, _ = compared
     parts = result[key]
     assert set(parts) <= set(CLASSES if key == "classes" else POSITIONS)
     models = result["models"]
@@ -100,7 +101,7 @@ def test_the_parts_add_up_to_the_whole(compared, key):
 
 
 def test_per_document_class_columns_add_up_to_each_document(compared):
-    _, table = compared
+    _, table, _ = compared
     for model in ("a", "b"):
         per_class = np.array([table[f"nats_{model}_{name}"] for name in CLASSES]).sum(axis=0)
         np.testing.assert_allclose(per_class, table[f"nats_{model}"], rtol=1e-9, atol=1e-12)
@@ -111,7 +112,7 @@ def test_per_document_class_columns_add_up_to_each_document(compared):
 
 
 def test_the_documents_listed_each_way_are_the_extremes_of_the_per_document_table(compared):
-    result, table = compared
+    result, table, _ = compared
     ln2 = math.log(2)
     bpb = {
         doc: (a / (ln2 * n), b / (ln2 * n))
@@ -130,3 +131,20 @@ def test_the_documents_listed_each_way_are_the_extremes_of_the_per_document_tabl
     for h in lists["b_beats_a"] + lists["hardest_a"]:
         assert (h["bits_per_byte_a"], h["bits_per_byte_b"]) == pytest.approx(bpb[h["id"]])
         assert len(h["snippet"]) <= 60 and h["snippet"] == " ".join(h["snippet"].split())
+
+
+def test_without_attribution_every_other_figure_and_column_is_the_same(compared, tmp_path):
+    result, table, argv = compared
+    json_path, per_doc = tmp_path / "plain.json", tmp_path / "plain.parquet"
+    argv = [*argv[: argv.index("--json")], "--json", str(json_path), "--per-doc", str(per_doc)]
+    with pytest.raises(SystemExit) as info:
+        run(main, [*argv, "--no-attribution"])
+    assert info.value.code == 0
+    plain = json.loads(json_path.read_text())
+    assert plain["classes"] == plain["positions"] == {}
+    assert plain == {**result, "classes": {}, "positions": {}}
+    plain_table = pq.read_table(per_doc).to_pydict()
+    assert plain_table == {k: v for k, v in table.items() if k in plain_table}
+    assert set(table) - set(plain_table) == {
+        f"{column}_{name}" for name in CLASSES for column in ("bytes", "nats_a", "nats_b")
+    }
