@@ -26,9 +26,7 @@ def _docs(n: int) -> list[Document]:
 def _score(doc: Document, i: int) -> DocumentScore:
     # Floats with full mantissas, so a lossy round trip would show.
     n_bytes = len(doc.text.encode())
-    return DocumentScore(
-        domain=doc.domain, nats=n_bytes / 3 + i / 7, bytes=n_bytes, tokens=i + 1
-    )
+    return DocumentScore(domain=doc.domain, nats=n_bytes / 3 + i / 7, bytes=n_bytes, tokens=i + 1)
 
 
 def _fill(root: Path, docs: list[Document], identity: str = "model-a", **settings) -> None:
