@@ -336,8 +336,6 @@ class Corpus:
                 field, stored = "text", _read_text(path)
             rows = _rows(stored, wanted, field, domain_column)
             for row, (nbytes, decoded) in enumerate(rows):
-                if self.max_docs is not None and count >= self.max_docs:
-                    return
                 if self.max_bytes is not None:
                     assert nbytes is not None  # measure: every row is read
                     total += nbytes
@@ -352,6 +350,8 @@ class Corpus:
                     assert decoded is not None
                     yield count, Document(f"{key}:{row}", *decoded)
                 count += 1
+                if count == self.max_docs:
+                    return  # before reading another row: what lies past the cap is never read
         if count == 0:
             found = f"; {_skipped_notice(skipped)}" if skipped else ""
             raise DataError(

@@ -237,6 +237,18 @@ def test_max_docs_and_max_bytes_take_a_deterministic_prefix(tmp_path):
     assert [d.text for d in read_documents(tmp_path, max_bytes=sum(sizes[:3]))] == TEXTS[:3]
 
 
+def test_max_docs_never_reads_past_the_cap(tmp_path):
+    # A malformed row right after the cap, in the same file and as the next file's first
+    # row: neither is read, so neither is an error.
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": 7}\n', "utf-8")
+    (tmp_path / "b.jsonl").write_text("not json\n", "utf-8")
+    assert [d.text for d in read_documents(tmp_path / "a.jsonl", max_docs=1)] == ["one"]
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n', "utf-8")
+    assert [d.text for d in read_documents(tmp_path, max_docs=1)] == ["one"]
+    with pytest.raises(DataError, match="b.jsonl"):  # the reference: past the cap, it is bad
+        list(read_documents(tmp_path, max_docs=2))
+
+
 @pytest.mark.parametrize(
     ("max_chars", "doc_cap"), [(None, None), (5000, None), (None, 300), (777, 50)]
 )
