@@ -470,7 +470,8 @@ def paired_breakdown(
             f"need [documents, {len(names)}] arrays; got {a.shape}, {b.shape} and {n_bytes.shape}"
         )
     keep = n_bytes.sum(axis=1) > 0
-    a, b, n_bytes = a[keep], b[keep], n_bytes[keep]
+    if not keep.all():  # usually every document has bytes: then no copies
+        a, b, n_bytes = a[keep], b[keep], n_bytes[keep]
     present = (n_bytes > 0).sum(axis=0)
     deltas = None
     if len(n_bytes) and too_few(int(present.max()), replicates) is None:
