@@ -20,7 +20,11 @@ admits only what ``torch.export.save`` writes for a plain program:
   as Python with every builtin in scope. Admitted: sympy's printed form
   (``srepr``) of a shape expression, checked with :mod:`ast`: calls of the sympy
   classes and torch's sympy functions the reader knows, integer literals, symbol
-  names, assumptions such as ``integer=True``.
+  names, assumptions such as ``integer=True``. It is also evaluated eagerly, so an
+  admitted expression is bounded in what it can make sympy and torch's reader compute:
+  its length and call depth, its integers (int64), float literals (doubles), powers
+  and shifts (literal exponents up to 64), the bits of any number it evaluates to,
+  and the arguments of ``Max`` and ``Min``.
 - node ``target``, ``as_operator`` arguments and ``source_fn_stack`` metadata: looked
   up by qualified name (``getattr`` from ``torch``, ``operator``, ``math``, or an
   extension registry), and graph nodes call what they name. Admitted: the Python
@@ -49,6 +53,7 @@ import ast
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import zipfile
@@ -93,7 +98,35 @@ _SYMBOL_ASSUMPTIONS = frozenset({"integer", "positive", "nonnegative", "real"}) 
 # srepr writes letters, digits, underscores, calls, quotes and keywords; anything else (a
 # newline sympify would delete, a comment, an operator) is not a printed shape expression.
 _EXPRESSION_CHARACTERS = re.compile(r"[A-Za-z0-9_(),.'= +-]*")
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?inf|nan")
+# A double as sympy prints one: at most 17 significant digits, a 3-digit exponent. mpmath
+# would parse a million digits or an exponent of 10**9 (computing 10**(10**9)) as well.
+_NUMBER = re.compile(r"[-+]?(\d{1,20}\.?\d{0,20}|\.\d{1,20})([eE][-+]?\d{1,3})?|[-+]?inf|nan")
+_FLOAT_PRECISION = 53  # torch's symbolic floats are doubles
+# What an admitted expression may make sympy compute: sympy evaluates numbers eagerly
+# (10**(10**18) written as two literals never returns) and torch's reader sympifies every
+# sub-expression again (one expression nested 121 calls deep took it 4 s, 181 deep 14 s), so
+# each bound sits far above what torch writes and far below what is slow. Measured: a GPT's
+# longest expression is 61 characters and 2 calls deep, an 8-layer CNN's with five dynamic
+# dimensions 569 characters and 12 deep (each sympy cannot fold is a division of a size,
+# and an int64 size halves to 1 in 63 of them).
+_MAX_EXPRESSION_LENGTH = 8192
+_MAX_DEPTH = 32  # calls inside calls, Integer(...) and Symbol(...) included
+# Sizes, strides and their bounds are int64; an unbounded range is written as null, not a number.
+_MAX_INTEGER = 2**63
+# Exponents and shift counts: an int64 size to a power past 63 or shifted by more than 64
+# overflows (unless it is 0 or 1), so torch's size arithmetic never writes one.
+_MAX_EXPONENT = 64
+_POWERS = frozenset({"Pow", "PowByNatural", "FloatPow"})
+_SHIFTS = frozenset({"LShift", "RShift"})
+# Powers of powers still grow without bound (64**3 bits from three nested literals): an upper
+# bound on the bits of any number the expression evaluates to, counting each symbol and float
+# as 64 (an int64 size, a double), stays below this. An expression of only symbols within the
+# length bound counts at most 12,000.
+_MAX_BITS = 2**15
+# torch's reader evaluates Max and Min with sympy's own, which compares every pair of arguments
+# through assumptions queries (32 symbols take 0.5 s, 160 take 12 s). sym_max and sym_min are
+# binary; sympy merges Max(Max(a, b), c) into one Max, dropping the arguments it can order.
+_MAX_LATTICE_ARGUMENTS = 8
 _IDENTIFIER = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"(?!__)\w+(\.(?!__)\w+)*", re.ASCII)
 # What a source_fn_stack entry names besides an operator: a torch function, a functional, an
@@ -248,28 +281,49 @@ def _field_problem(key: str, value: object) -> str | None:
 
 
 def _expression_problem(text: object) -> str | None:
-    """Why ``text`` is not a sympy expression as torch prints one (``srepr``), if it is not."""
+    """Why ``text`` is not a sympy expression as torch prints one (``srepr``), if it is not.
+
+    Example:
+        >>> _expression_problem("Mul(Integer(32), Symbol('s0', positive=True, integer=True))")
+        >>> _expression_problem("Pow(Integer(10), Integer(1000000000000000000))")
+        'gives Pow an exponent that is not a number of at most 64'
+        >>> _expression_problem("Pow(Pow(Pow(Integer(2), Integer(64)), Integer(64)), Integer(64))")
+        'evaluates to a number of more than 32768 bits'
+    """
     if not isinstance(text, str) or not _EXPRESSION_CHARACTERS.fullmatch(text):
         return "holds characters torch's sympy printer never writes"
+    if len(text) > _MAX_EXPRESSION_LENGTH:
+        return f"is longer than {_MAX_EXPRESSION_LENGTH} characters"
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError:
+    # Too deep for Python's parser: RecursionError, or MemoryError when its stack overflows.
+    except (SyntaxError, RecursionError, MemoryError):
         return "is not a Python expression"
-    return _sympy_problem(tree.body)
+    problem = _sympy_problem(tree.body, depth=1)
+    if problem is None and _bits(tree.body) > _MAX_BITS:
+        return f"evaluates to a number of more than {_MAX_BITS} bits"
+    return problem
 
 
-def _sympy_problem(node: ast.expr) -> str | None:
+def _sympy_problem(node: ast.expr, *, depth: int) -> str | None:
     if isinstance(node, ast.Constant) and type(node.value) is int:
-        return None
+        return None if abs(node.value) <= _MAX_INTEGER else "holds an integer outside int64"
     if isinstance(node, ast.Name) and node.id in _SYMPY_CONSTANTS:
         return None
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return _sympy_problem(node.operand)
+    # srepr writes a minus only before a literal: Integer(-5), -oo.
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, (ast.Constant, ast.Name))
+    ):
+        return _sympy_problem(node.operand, depth=depth)
     if not isinstance(node, ast.Call):
         return f"uses {type(node).__name__}, which torch's sympy printer never writes"
     name = node.func.id if isinstance(node.func, ast.Name) else None
     if name not in _SYMPY_CALLS:
-        return f"calls {ast.unparse(node.func)}, not one of the sympy functions torch writes"
+        return f"calls {name or 'an attribute'}, not one of the sympy functions torch writes"
+    if depth > _MAX_DEPTH:
+        return f"nests calls more than {_MAX_DEPTH} deep"
     # Strings appear only as a symbol's name and a float's digits: sympy would parse a string
     # argument of any other function as one more expression.
     first = node.args[0] if node.args else None
@@ -282,16 +336,64 @@ def _sympy_problem(node: ast.expr) -> str | None:
             and pattern.fullmatch(first.value)
         ):
             return f"gives {name} something other than a {'name' if name == 'Symbol' else 'number'}"
-        allowed = _SYMBOL_ASSUMPTIONS if name == "Symbol" else {"precision"}
         for keyword in node.keywords:
-            if keyword.arg not in allowed or not (
-                isinstance(keyword.value, ast.Constant) and type(keyword.value.value) in (bool, int)
+            value = keyword.value.value if isinstance(keyword.value, ast.Constant) else None
+            if not (
+                (name == "Symbol" and keyword.arg in _SYMBOL_ASSUMPTIONS and type(value) is bool)
+                or (name == "Float" and keyword.arg == "precision" and value == _FLOAT_PRECISION)
             ):
-                return f"gives {name} the keyword {keyword.arg}, which torch never writes"
+                return f"gives {name} the keyword {keyword.arg}={value!r}, which torch never writes"
         return None
     if node.keywords:
         return f"gives {name} keywords, which torch never writes"
-    return next(filter(None, map(_sympy_problem, node.args)), None)
+    if name in ("Max", "Min") and len(node.args) > _MAX_LATTICE_ARGUMENTS:
+        return f"gives {name} more than {_MAX_LATTICE_ARGUMENTS} arguments"
+    problem = next(filter(None, (_sympy_problem(a, depth=depth + 1) for a in node.args)), None)
+    if problem is None and (name in _POWERS or name in _SHIFTS):
+        exponent = _exponent(node.args[1]) if len(node.args) == 2 else None
+        if exponent is None or not abs(exponent) <= _MAX_EXPONENT:  # nan too
+            return f"gives {name} an exponent that is not a number of at most {_MAX_EXPONENT}"
+    return problem
+
+
+def _exponent(node: ast.expr) -> float | None:
+    """The value of a number literal as srepr writes one (``Integer(2)``, ``Rational(1, 2)``).
+
+    ``None`` for anything else; ``node`` is admitted by :func:`_sympy_problem`.
+    """
+    if isinstance(node, ast.UnaryOp):
+        value = _exponent(node.operand)
+        return None if value is None else -value
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) is int else None
+    if not isinstance(node, ast.Call) or node.func.id not in ("Integer", "Rational", "Float"):
+        return None
+    if node.func.id == "Float":
+        return float(node.args[0].value)
+    values = [_exponent(a) for a in node.args]
+    if node.func.id == "Integer" and len(values) == 1:
+        return values[0]
+    if len(values) == 2 and None not in values and values[1]:  # Rational(p, q)
+        return values[0] / values[1]
+    return None
+
+
+def _bits(node: ast.expr) -> int:
+    """At most how many bits a number computed from the admitted expression ``node`` has."""
+    if isinstance(node, ast.Constant):
+        return node.value.bit_length()
+    if isinstance(node, ast.Name):
+        return 1
+    if isinstance(node, ast.UnaryOp):
+        return _bits(node.operand)
+    name = node.func.id
+    if name in ("Symbol", "Float"):
+        return 64
+    bits = [_bits(a) for a in node.args]
+    if name in _POWERS or name == "LShift":
+        exponent = math.ceil(abs(_exponent(node.args[1])))
+        return bits[0] * max(1, exponent) if name in _POWERS else bits[0] + exponent
+    return sum(bits)  # any other function's value is bounded by its arguments' product
 
 
 def _target_problem(target: object) -> str | None:
