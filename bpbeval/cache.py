@@ -11,12 +11,20 @@ SHA-256 of its text) to a file of its own, created by that process, so:
 - a process never appends after someone else's torn line;
 - any number of ranks write at once, and a run with another world size reads them all.
 
+A document found on several lines (the files read in name order) is served from the first.
+
 Lines reach the kernel as soon as a document completes (a SIGKILL loses nothing
 written) and the disk at most a second later (``fsync``), and on close.
+
+Opening a cache reads every file but keeps about 56 bytes a document, whatever its
+line holds: a 16-byte digest of its key, its nats, bytes and tokens, and where its
+line lies, so that its attribution sums are read again when asked for (``get``).
+What a process writes is not kept: a run scores a document once, after asking for it.
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import os
@@ -40,6 +48,20 @@ if TYPE_CHECKING:
 
 _FORMAT = 2  # 2: a document's attribution sums, where computed
 _FSYNC_INTERVAL_S = 1.0
+# A digest of 16 bytes per key: two keys collide (and one document would be served
+# another's score) with probability about n^2 / 2^129, under 1e-20 at 10^9 documents;
+# 8 bytes would make that 1 in 40 at 10^9.
+_DIGEST_BYTES = 16
+_SHA256_BYTES = hashlib.sha256().digest_size
+# What an index keeps per entry besides its digest (array typecodes): 40 bytes.
+_COLUMNS = {
+    "nats": "d",
+    "bytes": "q",
+    "tokens": "q",
+    "file": "i",  # the entry's file, an index in the order read
+    "offset": "q",  # where its line starts, or -1 if it has no attribution sums
+    "length": "I",  # its line's length, newline included
+}
 _FIELDS = {"id": str, "sha256": str, "nats": float, "bytes": int, "tokens": int}
 # The optional "attribution" field: each list's length and element type.
 _PARTS = {
@@ -100,7 +122,7 @@ class ResultCache:
         self, directory: str | os.PathLike[str], *, identity: str, settings: Mapping[str, object]
     ) -> None:
         self.path = Path(directory) / model_key(identity, settings)
-        self._entries: dict[tuple[str, str], tuple[float, int, int]] = {}
+        self._index = _Index()
         self._fd: int | None = None
         self._last_sync = 0.0
         self.hits = 0  # documents served by get
@@ -114,21 +136,24 @@ class ResultCache:
             elif key_file.read_text(encoding="utf-8") != key:
                 raise CacheError(f"{key_file} belongs to another model; delete {self.path}")
             for file in sorted(self.path.glob("*.jsonl")):
-                self._read(file)
+                self._index.read(file)
         except (OSError, UnicodeDecodeError) as e:
             raise CacheError(f"cannot read the cache in {directory}: {e}") from e
+        self._index.seal()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Documents found on opening plus those recorded since by ``put``."""
+        return len(self._index) + self.written
 
     def get(self, document: Document) -> DocumentScore | None:
-        """The cached score of ``document``, or ``None`` if it was never scored with this model."""
-        entry = self._entries.get((document.id, _sha256(document.text)))
-        if entry is None:
-            return None
-        self.hits += 1
-        nats, n_bytes, tokens, parts = entry
-        return DocumentScore(document.domain, nats, n_bytes, tokens, _attribution(parts))
+        """The cached score of ``document``, or ``None`` if it was never scored with this model.
+
+        Only documents found on opening are served, not those recorded since by ``put``.
+        """
+        score = self._index.get(document)
+        if score is not None:
+            self.hits += 1
+        return score
 
     def put(self, document: Document, score: DocumentScore) -> None:
         """Record ``score`` for ``document``: in the kernel at once, on disk within a second."""
@@ -144,7 +169,6 @@ class ResultCache:
                 self._sync()
         except OSError as e:
             raise CacheError(f"cannot write to the cache in {self.path}: {e}") from e
-        self._entries[line["id"], line["sha256"]] = _entry(line)
         self.written += 1
 
     def close(self) -> None:
@@ -180,17 +204,98 @@ class ResultCache:
         os.fsync(self._fd)
         self._last_sync = time.monotonic()
 
-    def _read(self, file: Path) -> None:
-        # The piece after the last newline is empty, or a line a kill cut short: skip it.
-        for number, raw in enumerate(file.read_bytes().split(b"\n")[:-1], 1):
+
+class _Index:
+    """The entries of a cache's files as columns, found by the digest of their key.
+
+    Entries are appended as the files are read; ``seal`` sorts them by digest and keeps
+    each key's first. An entry with attribution sums keeps where its line lies instead
+    of its 50 numbers, and ``get`` reads that line again.
+    """
+
+    def __init__(self) -> None:
+        self._files: list[Path] = []
+        # While reading: 8 bytes a number (array), not a Python object each.
+        self._digests = bytearray()
+        self._growing = {name: array.array(code) for name, code in _COLUMNS.items()}
+        self._sorted = np.empty(0, dtype=f"S{_DIGEST_BYTES}")
+        self._columns: dict[str, np.ndarray] = {}
+
+    def read(self, file: Path) -> None:
+        index = len(self._files)
+        self._files.append(file)
+        c = self._growing
+        offset = 0
+        with file.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n"):
+                    break  # a line a kill cut short: the last, and skipped
+                try:
+                    line = json.loads(raw.decode())  # UTF-8 as written: loads(bytes) would sniff
+                    _check(line)
+                    self._digests += _digest(line["id"], line["sha256"])
+                    c["nats"].append(line["nats"])
+                    c["bytes"].append(line["bytes"])
+                    c["tokens"].append(line["tokens"])
+                    c["length"].append(len(raw))
+                except (ValueError, OverflowError) as e:
+                    raise CacheError(
+                        f"{file}:{number} is corrupt ({e}); delete {file} to rescore its documents"
+                    ) from e
+                c["file"].append(index)
+                c["offset"].append(offset if "attribution" in line else -1)
+                offset += len(raw)
+
+    def seal(self) -> None:
+        """Sort the entries by digest, keeping the first line of each key."""
+        # return_index: each digest's first occurrence, in the order the lines were read.
+        self._sorted, first = np.unique(
+            np.frombuffer(self._digests, dtype=f"S{_DIGEST_BYTES}"), return_index=True
+        )
+        self._digests = bytearray()
+        for name in _COLUMNS:  # one at a time: the copies never all sit beside the originals
+            column = self._growing.pop(name)
+            self._columns[name] = np.frombuffer(column, dtype=column.typecode)[first]
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def get(self, document: Document) -> DocumentScore | None:
+        digest = _digest(document.id, _sha256(document.text))
+        i = int(np.searchsorted(self._sorted, digest))
+        # Compared as raw bytes: numpy drops trailing zero bytes from an S16 item turned
+        # into Python bytes, and one digest in 256 ends in one.
+        if self._sorted[i : i + 1].tobytes() != digest:
+            return None
+        c = self._columns
+        return DocumentScore(
+            document.domain,
+            float(c["nats"][i]),
+            int(c["bytes"][i]),
+            int(c["tokens"][i]),
+            None if c["offset"][i] < 0 else self._attribution(i, digest),
+        )
+
+    def _attribution(self, i: int, digest: bytes) -> Attribution:
+        file, offset = self._files[self._columns["file"][i]], int(self._columns["offset"][i])
+        # Opened per call, not kept open: a cache may hold thousands of files (one per rank
+        # per run), and an open costs microseconds beside scoring a document.
+        try:
+            fd = os.open(file, os.O_RDONLY)
             try:
-                line = json.loads(raw)
-                _check(line)
-            except ValueError as e:
-                raise CacheError(
-                    f"{file}:{number} is corrupt ({e}); delete {file} to rescore its documents"
-                ) from e
-            self._entries.setdefault((line["id"], line["sha256"]), _entry(line))
+                line = json.loads(os.pread(fd, int(self._columns["length"][i]), offset).decode())
+            finally:
+                os.close(fd)
+            _check(line)
+            if _digest(line["id"], line["sha256"]) != digest or "attribution" not in line:
+                raise ValueError("another line is there")
+        except (OSError, ValueError) as e:
+            raise CacheError(
+                f"{file} changed since the cache was opened (byte {offset}: {e}); "
+                "do not edit or delete cache files while a run uses them"
+            ) from e
+        parts = line["attribution"]
+        return Attribution(*(np.array(parts[k], dtype=t) for k, (_, t) in _PARTS.items()))
 
 
 def _check(line: object) -> None:
@@ -213,19 +318,13 @@ def _check(line: object) -> None:
             raise ValueError(f"expected {kind.__name__}s in attribution's {key}")
 
 
-def _entry(line: dict) -> tuple[float, int, int, np.ndarray | None]:
-    # The attribution sums as one float64 array (byte counts are exact in float64): a few
-    # hundred bytes a document, not fifty Python numbers.
-    parts = line.get("attribution")
-    packed = None if parts is None else np.concatenate([parts[k] for k in _PARTS], dtype=float)
-    return line["nats"], line["bytes"], line["tokens"], packed
-
-
-def _attribution(packed: np.ndarray | None) -> Attribution | None:
-    if packed is None:
-        return None
-    pieces = np.split(packed, np.cumsum([length for length, _ in _PARTS.values()])[:-1])
-    return Attribution(*(p.astype(t) for p, (_, t) in zip(pieces, _PARTS.values(), strict=True)))
+def _digest(document_id: str, sha256: str) -> bytes:
+    # The text's SHA-256 first, at its fixed length, so that no other pair of id and text
+    # hashes the same bytes.
+    text_hash = bytes.fromhex(sha256)
+    if len(text_hash) != _SHA256_BYTES:
+        raise ValueError(f"expected a sha256 of {2 * _SHA256_BYTES} hex digits")
+    return hashlib.blake2b(text_hash + document_id.encode(), digest_size=_DIGEST_BYTES).digest()
 
 
 def _sha256(text: str) -> str:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bpbeval.attribution import CLASSES, POSITIONS, Attribution
 from bpbeval.cache import ResultCache
 from bpbeval.data import Document
 from bpbeval.errors import CacheError
@@ -135,7 +139,13 @@ with ResultCache({str(tmp_path)!r}, identity="model-a", settings={SETTINGS!r}) a
 
 @pytest.mark.parametrize(
     "line",
-    [b"not json", b'{"id": "d9"}', b'{"bytes":"12","id":"d9","nats":1.0,"sha256":"0","tokens":1}'],
+    [
+        b"not json",
+        b'{"id": "d9"}',
+        b'{"bytes":"12","id":"d9","nats":1.0,"sha256":"' + b"0" * 64 + b'","tokens":1}',
+        b'{"bytes":12,"id":"d9","nats":1.0,"sha256":"0","tokens":1}',
+        b'{"bytes":12,"id":"d9","nats":1.0,"sha256":"' + b"g" * 64 + b'","tokens":1}',
+    ],
 )
 def test_a_corrupt_line_is_a_cache_error_naming_it(tmp_path, line):
     _fill(tmp_path, _docs(2))
@@ -151,3 +161,136 @@ def test_an_unreadable_cache_is_a_cache_error(tmp_path):
     not_a_directory.write_text("x")
     with pytest.raises(CacheError, match="cannot read the cache in"):
         ResultCache(not_a_directory, identity="model-a", settings=SETTINGS)
+
+
+def _parts(rng: np.random.Generator) -> Attribution:
+    return Attribution(
+        rng.random(len(CLASSES)) * 100,
+        rng.integers(0, 10**6, len(CLASSES)),
+        rng.random(len(POSITIONS)) * 100,
+        rng.integers(0, 10**6, len(POSITIONS)),
+    )
+
+
+def test_many_entries_read_back_exactly_and_the_first_line_wins(tmp_path):
+    # 50k keys: about 200 of their 16-byte digests end in a zero byte, which numpy drops
+    # from an S16 item turned into bytes; each must still be found.
+    rng = np.random.default_rng(0)
+    docs = [Document(f"d{i}", f"doc {i} {'é' * (i % 5)}", "web") for i in range(50_000)]
+    scores = {
+        writer: [
+            replace(_score(doc, i + writer), attribution=_parts(rng) if i % 10 == 0 else None)
+            for i, doc in enumerate(docs)
+        ]
+        for writer in (0, 1)
+    }
+    # Writer 0 puts documents 0..29999, writer 1 20000..49999: the overlap is in both files.
+    shares = {0: range(0, 30_000), 1: range(20_000, 50_000)}
+    with (
+        ResultCache(tmp_path, identity="model-a", settings=SETTINGS) as first,
+        ResultCache(tmp_path, identity="model-a", settings=SETTINGS) as second,
+    ):
+        for writer, cache in ((0, first), (1, second)):
+            for i in shares[writer]:
+                cache.put(docs[i], scores[writer][i])
+        first.put(docs[0], scores[1][0])  # a later line of the same file loses too
+        assert (len(first), len(second)) == (30_001, 30_000)
+        # What a run puts, the same run never gets: it asked before scoring.
+        assert first.get(docs[0]) is None
+    # Files are read in name order, so the file that sorts first wins the overlap.
+    files = sorted(first.path.glob("scores-*.jsonl"))
+    winner = 0 if "d0" in {json.loads(line)["id"] for line in files[0].open()} else 1
+    cache = ResultCache(tmp_path, identity="model-a", settings=SETTINGS)
+    assert len(cache) == len(docs)
+    for i, doc in enumerate(docs):
+        expected = scores[winner if i in shares[winner] else 1 - winner][i]
+        assert cache.get(doc) == expected, i
+    assert cache.hits == len(docs)
+    served = cache.get(docs[10]).attribution
+    assert served is not None and served.class_bytes.dtype == np.int64
+    assert cache.get(docs[1]).attribution is None
+    unknown = Document("d50000", "doc 50000 ", "web")
+    changed = Document("d7", docs[7].text + ".", "web")
+    moved = Document("d8", docs[7].text, "web")
+    assert [cache.get(d) for d in (unknown, changed, moved)] == [None, None, None]
+    assert cache.hits == len(docs) + 2
+
+
+def test_attribution_is_read_again_and_a_changed_file_is_a_cache_error(tmp_path):
+    rng = np.random.default_rng(1)
+    docs = _docs(3)
+    scores = [replace(_score(d, i), attribution=_parts(rng)) for i, d in enumerate(docs)]
+    with ResultCache(tmp_path, identity="model-a", settings=SETTINGS) as cache:
+        for doc, score in zip(docs, scores, strict=True):
+            cache.put(doc, score)
+    cache = ResultCache(tmp_path, identity="model-a", settings=SETTINGS)
+    assert cache.get(docs[1]) == scores[1]
+    (file,) = cache.path.glob("*.jsonl")
+    lines = file.read_bytes().splitlines(keepends=True)
+    file.write_bytes(b"".join(reversed(lines)))  # every line still valid, each elsewhere
+    with pytest.raises(CacheError, match=rf"{file.name} changed since the cache was opened"):
+        cache.get(docs[0])
+    file.unlink()
+    with pytest.raises(CacheError, match=rf"{file.name} changed since the cache was opened"):
+        cache.get(docs[1])
+
+
+MEMORY = """
+import json, sys
+from bpbeval.cache import ResultCache
+from bpbeval.data import Document
+from bpbeval.results import DocumentScore
+
+def rss():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
+
+root, settings = sys.argv[1], json.loads(sys.argv[2])
+ResultCache(root, identity="empty", settings=settings)  # one-time costs (imports) before measuring
+before = rss()
+cache = ResultCache(root, identity="model-a", settings=settings)
+opened = rss()
+# The reference: what the cache kept before, a dict from (id, SHA-256) to the numbers
+# (and a 400-byte array besides for each entry with attribution, left out here).
+old = {}
+for file in sorted(cache.path.glob("*.jsonl")):
+    for raw in file.open("rb"):
+        line = json.loads(raw)
+        old.setdefault((line["id"], line["sha256"]), (line["nats"], line["bytes"], line["tokens"]))
+dictionary = rss()
+with ResultCache(root, identity="model-b", settings=settings) as writer:
+    for i in range(50_000):
+        writer.put(Document(f"new{i}", f"new {i}"), DocumentScore(None, i / 7, 6, 2))
+written = rss()
+print(json.dumps({
+    "entries": len(cache),
+    "kept": opened["VmRSS"] - before["VmRSS"],
+    "peak": opened["VmHWM"] - max(before["VmHWM"], before["VmRSS"]),
+    "old": dictionary["VmRSS"] - opened["VmRSS"],
+    "put": written["VmRSS"] - dictionary["VmRSS"],
+}))
+"""
+
+
+def test_an_open_cache_keeps_tens_of_bytes_a_document(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = _parts(rng)
+    with ResultCache(tmp_path, identity="model-a", settings=SETTINGS) as cache:
+        for i in range(300_000):
+            doc = Document(f"d{i}", f"document {i}", None)
+            cache.put(doc, replace(_score(doc, i), attribution=parts if i % 10 == 0 else None))
+    # A fresh process: nothing freed by the writes above lingers to be reused.
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY, str(tmp_path), json.dumps(SETTINGS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(result.stdout)
+    per_entry = {k: v / 300_000 for k, v in figures.items() if k != "entries"}
+    assert figures["entries"] == 300_000
+    assert per_entry["kept"] < 100, per_entry
+    assert per_entry["kept"] < per_entry["old"] / 4, per_entry
+    assert per_entry["peak"] < 200, per_entry
+    # 50k documents put: nothing kept per document (the file is written, not held).
+    assert figures["put"] < 50_000 * 10, figures
