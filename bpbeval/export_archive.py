@@ -20,11 +20,11 @@ admits only what ``torch.export.save`` writes for a plain program:
   as Python with every builtin in scope. Admitted: sympy's printed form
   (``srepr``) of a shape expression, checked with :mod:`ast`: calls of the sympy
   classes and torch's sympy functions the reader knows, integer literals, symbol
-  names, assumptions such as ``integer=True``. It is also evaluated eagerly, so an
-  admitted expression is bounded in what it can make sympy and torch's reader compute:
-  its length and call depth, its integers (int64), float literals (doubles), powers
+  names, assumptions such as ``integer=True``. sympy also computes with it eagerly,
+  so what it may make sympy and torch's reader compute is bounded: its length, call
+  depth and distinct symbols, its integers (int64) and floats (doubles), its powers
   and shifts (literal exponents up to 64), the bits of any number it evaluates to,
-  and the arguments of ``Max`` and ``Min``.
+  the terms it multiplies out to, and the arguments of ``Max`` and ``Min``.
 - node ``target``, ``as_operator`` arguments and ``source_fn_stack`` metadata: looked
   up by qualified name (``getattr`` from ``torch``, ``operator``, ``math``, or an
   extension registry), and graph nodes call what they name. Admitted: the Python
@@ -102,31 +102,38 @@ _EXPRESSION_CHARACTERS = re.compile(r"[A-Za-z0-9_(),.'= +-]*")
 # would parse a million digits or an exponent of 10**9 (computing 10**(10**9)) as well.
 _NUMBER = re.compile(r"[-+]?(\d{1,20}\.?\d{0,20}|\.\d{1,20})([eE][-+]?\d{1,3})?|[-+]?inf|nan")
 _FLOAT_PRECISION = 53  # torch's symbolic floats are doubles
-# What an admitted expression may make sympy compute: sympy evaluates numbers eagerly
-# (10**(10**18) written as two literals never returns) and torch's reader sympifies every
-# sub-expression again (one expression nested 121 calls deep took it 4 s, 181 deep 14 s), so
-# each bound sits far above what torch writes and far below what is slow. Measured: a GPT's
-# longest expression is 61 characters and 2 calls deep, an 8-layer CNN's with five dynamic
-# dimensions 569 characters and 12 deep (each sympy cannot fold is a division of a size,
-# and an int64 size halves to 1 in 63 of them).
-_MAX_EXPRESSION_LENGTH = 8192
+# What an admitted expression may make sympy compute. sympy evaluates numbers eagerly
+# (10**(10**18) written as two literals never returns), multiplies polynomials out for their
+# gcd (FloorDiv, Mod, PythonMod) and compares every pair of a Max's arguments; torch's reader
+# also sympifies every sub-expression again (one expression 121 calls deep took it 4 s, 181
+# deep 14 s). Each bound sits far above what torch writes: a GPT's expressions are at most
+# 61 characters, 2 calls deep, 1 term, 1 symbol; an 8-layer CNN's with five dynamic
+# dimensions 569 characters, 12 deep, 2 terms, 5 symbols.
+_MAX_EXPRESSION_LENGTH = 4096
 _MAX_DEPTH = 32  # calls inside calls, Integer(...) and Symbol(...) included
 # Sizes, strides and their bounds are int64; an unbounded range is written as null, not a number.
 _MAX_INTEGER = 2**63
-# Exponents and shift counts: an int64 size to a power past 63 or shifted by more than 64
-# overflows (unless it is 0 or 1), so torch's size arithmetic never writes one.
+# Exponents and shift counts are literals (a symbolic one is unbounded) up to 64: an int64 size
+# to a higher power, or shifted further, overflows unless it is 0 or 1.
 _MAX_EXPONENT = 64
 _POWERS = frozenset({"Pow", "PowByNatural", "FloatPow"})
 _SHIFTS = frozenset({"LShift", "RShift"})
-# Powers of powers still grow without bound (64**3 bits from three nested literals): an upper
-# bound on the bits of any number the expression evaluates to, counting each symbol and float
-# as 64 (an int64 size, a double), stays below this. An expression of only symbols within the
-# length bound counts at most 12,000.
+# Powers of powers still grow (64**3 bits from three nested literals): an upper bound on the
+# bits of any number the expression evaluates to, counting each symbol and float as 64 (an
+# int64 size, a double), stays below this. Without powers, no expression within the length
+# bound reaches it.
 _MAX_BITS = 2**15
+# Terms once multiplied out: a product of n binomials has 2**n (PythonMod of two products of
+# 16 took sympy over 200 s, of 8 one second). A stride multiplies a few sizes of a few terms.
+_MAX_TERMS = 128
+# Distinct symbols: each is a variable of those polynomials (PythonMod of two sums of 32 symbols
+# each took sympy 9 s, of 40 each 59 s). A program's symbols are its dynamic dimensions, and
+# one size relates a few of them.
+_MAX_SYMBOLS = 16
 # torch's reader evaluates Max and Min with sympy's own, which compares every pair of arguments
 # through assumptions queries (32 symbols take 0.5 s, 160 take 12 s). sym_max and sym_min are
 # binary; sympy merges Max(Max(a, b), c) into one Max, dropping the arguments it can order.
-_MAX_LATTICE_ARGUMENTS = 8
+_MAX_LATTICE_ARGUMENTS = 4
 _IDENTIFIER = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"(?!__)\w+(\.(?!__)\w+)*", re.ASCII)
 # What a source_fn_stack entry names besides an operator: a torch function, a functional, an
@@ -300,9 +307,16 @@ def _expression_problem(text: object) -> str | None:
     except (SyntaxError, RecursionError, MemoryError):
         return "is not a Python expression"
     problem = _sympy_problem(tree.body, depth=1)
-    if problem is None and _bits(tree.body) > _MAX_BITS:
+    if problem is not None:
+        return problem
+    if _bits(tree.body) > _MAX_BITS:
         return f"evaluates to a number of more than {_MAX_BITS} bits"
-    return problem
+    calls = [n for n in ast.walk(tree.body) if isinstance(n, ast.Call)]
+    if max(map(_terms, calls), default=1) > _MAX_TERMS:
+        return f"multiplies out to more than {_MAX_TERMS} terms"
+    if len({n.args[0].value for n in calls if n.func.id == "Symbol"}) > _MAX_SYMBOLS:
+        return f"holds more than {_MAX_SYMBOLS} symbols"
+    return None
 
 
 def _sympy_problem(node: ast.expr, *, depth: int) -> str | None:
@@ -357,7 +371,7 @@ def _sympy_problem(node: ast.expr, *, depth: int) -> str | None:
 
 
 def _exponent(node: ast.expr) -> float | None:
-    """The value of a number literal as srepr writes one (``Integer(2)``, ``Rational(1, 2)``).
+    """The value of an exponent written as a literal (``Integer(2)``, ``-1``, ``Float('0.5')``).
 
     ``None`` for anything else; ``node`` is admitted by :func:`_sympy_problem`.
     """
@@ -366,16 +380,15 @@ def _exponent(node: ast.expr) -> float | None:
         return None if value is None else -value
     if isinstance(node, ast.Constant):
         return node.value if type(node.value) is int else None
-    if not isinstance(node, ast.Call) or node.func.id not in ("Integer", "Rational", "Float"):
-        return None
-    if node.func.id == "Float":
-        return float(node.args[0].value)
-    values = [_exponent(a) for a in node.args]
-    if node.func.id == "Integer" and len(values) == 1:
-        return values[0]
-    if len(values) == 2 and None not in values and values[1]:  # Rational(p, q)
-        return values[0] / values[1]
+    if isinstance(node, ast.Call) and node.func.id in ("Integer", "Float") and len(node.args) == 1:
+        argument = node.args[0]
+        return float(argument.value) if node.func.id == "Float" else _exponent(argument)
     return None
+
+
+def _power(node: ast.Call) -> int:
+    """The exponent of an admitted power or shift, rounded up to a whole number."""
+    return math.ceil(abs(_exponent(node.args[1])))
 
 
 def _bits(node: ast.expr) -> int:
@@ -390,10 +403,31 @@ def _bits(node: ast.expr) -> int:
     if name in ("Symbol", "Float"):
         return 64
     bits = [_bits(a) for a in node.args]
-    if name in _POWERS or name == "LShift":
-        exponent = math.ceil(abs(_exponent(node.args[1])))
-        return bits[0] * max(1, exponent) if name in _POWERS else bits[0] + exponent
+    if name in _POWERS:
+        return bits[0] * max(1, _power(node))
+    if name == "LShift":
+        return bits[0] + _power(node)
     return sum(bits)  # any other function's value is bounded by its arguments' product
+
+
+def _terms(node: ast.expr) -> int:
+    """At most how many terms the admitted ``node`` has multiplied out, capped past the bound.
+
+    Any function other than a sum, product or power is one term, as sympy treats it.
+    """
+    if not isinstance(node, ast.Call):
+        return 1
+    terms = [_terms(a) for a in node.args]
+    if node.func.id == "Add":
+        count = sum(terms)
+    elif node.func.id == "Mul":
+        count = math.prod(terms)
+    elif node.func.id in _POWERS:  # the monomials of degree n in terms[0] variables
+        power = max(1, _power(node))
+        count = math.comb(terms[0] + power - 1, power)
+    else:
+        count = 1
+    return min(count, _MAX_TERMS + 1)
 
 
 def _target_problem(target: object) -> str | None:
