@@ -54,6 +54,17 @@ class Document:
     domain: str | None = None
 
 
+def _key(name: str) -> str:
+    """A file's name as text for document ids: a name that is not UTF-8 (Linux allows any
+    bytes) keeps its odd bytes as ``\\xNN``, as an id must be writable as UTF-8 (JSON, cache).
+
+    Example:
+        >>> _key(os.fsdecode(b"caf\\xe9.jsonl")), _key("日本.jsonl")
+        ('caf\\\\xe9.jsonl', '日本.jsonl')
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _expand(paths: PathLike | Sequence[PathLike]) -> tuple[list[tuple[str, Path]], list[Path]]:
     """``(key, file)`` pairs in a deterministic order (keys name files in document ids), and
     the files directories held that are not data files."""
@@ -68,11 +79,11 @@ def _expand(paths: PathLike | Sequence[PathLike]) -> tuple[list[tuple[str, Path]
                 if any(part.startswith(".") for part in rel.parts):
                     continue
                 if rel.suffix.lower() in DATA_SUFFIXES:
-                    files.append((rel.as_posix(), arg / rel))
+                    files.append((_key(rel.as_posix()), arg / rel))
                 else:
                     skipped.append(arg / rel)
         elif arg.is_file():
-            files.append((arg.name, arg))
+            files.append((_key(arg.name), arg))
         else:
             raise DataError(f"{arg}: no such file or directory")
     keys = [key for key, _ in files]

@@ -224,6 +224,24 @@ def test_max_bytes_scores_the_documents_that_fit(native_checkpoint, documents, t
     assert f"({sizes[0]} bytes); raise it" in message
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of any bytes: Linux")
+def test_a_file_name_that_is_not_utf8_names_documents_in_utf8(native_checkpoint, tmp_path):
+    # Linux file names are bytes; this one decodes to a lone surrogate, which no JSON,
+    # Parquet or cache line can hold. It made compare end in a traceback.
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / os.fsdecode(b"caf\xe9.jsonl"), ["hello world", "second document"])
+    out, per_doc = tmp_path / "out.json", tmp_path / "docs.parquet"
+    path = str(native_checkpoint[0])
+    argv = [path, path, "--data", str(data), "--json", str(out), "--per-doc", str(per_doc),
+            "--cache", str(tmp_path / "cache"), "--device", "cpu"]  # fmt: skip
+    for _ in range(2):  # the second run reads the cache back
+        assert compare_main(argv) == 0
+        assert pq.read_table(per_doc)["id"].to_pylist() == ["caf\\xe9.jsonl:0", "caf\\xe9.jsonl:1"]
+        listed = json.loads(out.read_text(encoding="utf-8"))["documents"]["hardest_a"]
+        assert sorted(h["id"] for h in listed) == ["caf\\xe9.jsonl:0", "caf\\xe9.jsonl:1"]
+
+
 def test_seed_chooses_the_bootstrap_resamples(native_checkpoint, hf_checkpoint, tmp_path, capsys):
     # Enough documents and replicates for an interval (statistics.MIN_DOCUMENTS, MIN_REPLICATES).
     topics = sorted(pydoc_data.topics.topics.values())[:MIN_DOCUMENTS]
