@@ -8,6 +8,7 @@ which needs no communication and gives every rank at most one more than another.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -72,11 +73,17 @@ def process_group(device: str | torch.device) -> Iterator[None]:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # torch.distributed.nn binds the default group that exists when it is first imported as
+    # its functions' default argument, for good. Imported inside the group (torch.export.load
+    # imports it), it would keep the group past destroy_process_group, and with it gloo's
+    # worker threads, into interpreter shutdown: a worker freeing a tensor there needs the
+    # GIL and aborts the rank ("terminate called without an active exception"). Imported
+    # first, it binds None, and destroy_process_group joins the workers.
+    importlib.import_module("torch.distributed.nn")
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield
-        # Leave together: a rank that tears its group down while a peer is still finishing
-        # can abort the peer ("terminate called", seen under heavy load).
+        # Leave together, so that no rank closes its connections while a peer still uses them.
         dist.barrier()
     finally:
         dist.destroy_process_group()
