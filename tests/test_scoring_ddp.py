@@ -23,8 +23,7 @@ def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path, spawn):
     checkpoint_path = str(native_checkpoint[0])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launches, outputs = {}, {}
-    # One launch at a time: 5 ranks at once on 2 cores aborted a rank now and then ("terminate
-    # called without an active exception", inside torch; not reproduced alone).
+    # One launch at a time: 5 ranks at once on 2 cores only slow each other down.
     for world in (2, 3):
         argv = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -129,3 +128,44 @@ def test_spawned_processes_and_their_own_sessions_die_with_the_test(spawn, launc
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not _alive(worker) and not _alive(launcher.pid)
+
+
+# Joins and leaves a group the way eval and compare do, importing on the way what
+# torch.export.load imports; prints, at exit, the gloo threads still running.
+TEARDOWN = """
+import atexit, json, os
+from bpbeval import distributed
+
+def gloo_threads():
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as comm:
+            names.append(comm.read().strip())
+    return [name for name in names if "gloo" in name]
+
+atexit.register(lambda: print(json.dumps(gloo_threads())))
+with distributed.process_group("cpu"):
+    import torch.distributed.nn
+    distributed.all_gather(distributed.rank())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="threads from Linux /proc")
+def test_leaving_the_group_stops_gloo_before_the_interpreter_exits(tmp_path, spawn):
+    """torch.distributed.nn, imported inside the group, used to keep it alive past
+    destroy_process_group: gloo's threads then ran into interpreter shutdown, where one
+    freeing a tensor aborted the rank now and then under load (SIGABRT, "terminate called
+    without an active exception"). Whether they still run at exit does not depend on load."""
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            str(script)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = spawn(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    stdout, stderr = launch.communicate(timeout=120)
+    assert launch.returncode == 0, stderr
+    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("[")]
+    assert reports == [[], []], stdout  # both ranks, no gloo thread left
