@@ -498,8 +498,11 @@ def paired_breakdown(
 
 def _correlation(x: NDArray[np.float64], y: NDArray[np.float64]) -> float | None:
     # Pearson r; undefined (None, not NaN, so that it survives JSON) when either side is constant.
+    # Centres x and y in place (the caller's temporaries): no more copies of millions of rows.
     if len(x) < 2:
         return None
-    dx, dy = x - x.mean(), y - y.mean()
+    x -= x.mean()
+    y -= y.mean()
+    dx, dy = x, y
     denominator = math.sqrt(float(dx @ dx) * float(dy @ dy))
     return float(dx @ dy) / denominator if denominator > 0 else None

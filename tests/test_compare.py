@@ -24,7 +24,9 @@ import torch
 
 from bpbeval.checkpoint import load, save
 from bpbeval.cli import run
-from bpbeval.compare import main
+from bpbeval.compare import HIGHLIGHTS, _highlights, main
+from bpbeval.data import Document
+from bpbeval.results import DocumentScores, Scores
 from bpbeval.statistics import (
     MIN_DOCUMENTS,
     MIN_REPLICATES,
@@ -422,3 +424,31 @@ def test_documents_without_text_are_one_line(tmp_path, checkpoints):
     empty.write_text('{"text": ""}\n{"text": ""}\n')
     status, _, err = _cli([*checkpoints, "--data", str(empty), "--device", "cpu"])
     _one_line_error(status, err, 1, "no text to compare on")
+
+
+def test_the_documents_listed_are_those_a_full_stable_sort_lists_first():
+    # Ties and documents of 0 bytes, many: the lists must be what sorting every document
+    # (stable: ties to the earlier one) and taking the first HIGHLIGHTS gives.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        n_bytes = rng.integers(0, 4, n)
+        nats_a, nats_b = (rng.integers(0, 3, n).astype(float) for _ in "ab")
+        domains = np.array([None] * n, dtype=object)
+        a, b = (
+            Scores(DocumentScores(domains, nats, n_bytes, n_bytes), 0.0, 0, 0, False)
+            for nats in (nats_a, nats_b)
+        )
+        documents = [Document(f"d{i}", "x") for i in range(n)]
+        scored = np.flatnonzero(n_bytes > 0)
+        bpb_a, bpb_b = nats_a[scored] / n_bytes[scored], nats_b[scored] / n_bytes[scored]
+        delta = bpb_a - bpb_b
+        expected = {
+            "a_beats_b": [i for i in np.argsort(delta, kind="stable") if delta[i] < 0],
+            "b_beats_a": [i for i in np.argsort(-delta, kind="stable") if delta[i] > 0],
+            "hardest_a": list(np.argsort(-bpb_a, kind="stable")),
+            "hardest_b": list(np.argsort(-bpb_b, kind="stable")),
+        }
+        listed = _highlights(documents, a, b)
+        for key, rows in expected.items():
+            assert [h.id for h in listed[key]] == [f"d{scored[i]}" for i in rows[:HIGHLIGHTS]]
