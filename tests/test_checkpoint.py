@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -440,7 +441,20 @@ def shape_expressions() -> list:
     s1 = sympy.Symbol("s1", nonnegative=True, integer=True)
     u0 = sympy.Symbol("u0", integer=True)
     z = sympy.Symbol("zf0", real=True)
+    size = s0  # after eight convolutions of kernel 3 and stride 2
+    for _ in range(8):
+        size = f.FloorDiv(size - 3, 2) + 1
     return [
+        size,
+        4 * sympy.Max(1, size) * sympy.Max(1, size.subs(s0, s1)),  # a stride
+        s0**-1 * s1,
+        (s0 + 1) ** 2,
+        f.PowByNatural(s0, 3),
+        f.FloatPow(f.ToFloat(s0), -0.5),
+        f.LShift(s0, 3),
+        f.RShift(s0, 2),
+        sympy.Min(s0, 2**63 - 1),
+        s0 - 2**63,
         s0,
         2 * s0 * s1 + 1,
         -s0 + 3,
@@ -503,6 +517,92 @@ def test_every_shape_expression_torch_writes_is_admitted(expression):
 def test_anything_else_in_an_expression_is_refused(text):
     with pytest.raises(CheckpointError, match="expr_str"):
         _check_program({"expr_str": text}, "model.json")
+
+
+# Costly programs: expressions in srepr's grammar that sympy, or torch's reader, would evaluate
+# for ever (or for minutes, or until memory runs out).
+
+
+def symbol(i: int) -> str:
+    return sympy.srepr(sympy.Symbol(f"s{i}", positive=True, integer=True))
+
+
+def binomials(constant: int) -> str:
+    """(s0 + c)...(s15 + c)(s0 + c + 2)...(s7 + c + 2): 2**24 terms multiplied out."""
+    factors = (f"Add({symbol(i % 16)}, Integer({constant + 2 * (i // 16)}))" for i in range(24))
+    return f"Mul({', '.join(factors)})"
+
+
+def sum_of_symbols(prefix: str) -> str:
+    return "Add(" + ", ".join(f"Symbol('{prefix}{i}')" for i in range(120)) + ")"
+
+
+# name: (expr_str, the reason the refusal gives). Admitted, the first ones would make torch's
+# reader crash (minus signs), take minutes (deep: 20 s; sympy's gcd of two products of 16
+# binomials: 51 s, doubling with each binomial; of two sums of 64 symbols: 115 s) or never
+# return; the others each break one rule alone.
+COSTLY_EXPRESSIONS = {
+    "power": ("Pow(Integer(10), Integer(1000000000000000000))", "exponent"),
+    "power of powers": ("Pow(" * 4 + "Integer(9223372036854775807)" + ", Integer(64))" * 4, "bits"),
+    "float precision": ("Float('1.5', precision=1000000000)", "precision"),
+    "gcd of products": (f"PythonMod({binomials(1)}, {binomials(2)})", "terms"),
+    "gcd of sums": (f"PythonMod({sum_of_symbols('a')}, {sum_of_symbols('b')})", "symbols"),
+    "deep": ("FloorDiv(Add(" * 90 + symbol(0) + ", Integer(-3)), Integer(2))" * 90, "deep"),
+    "minus signs": ("-" * 4000 + "Integer(1)", "not a Python expression"),
+    "shift": (f"LShift({symbol(0)}, Integer(1000000000000000000))", "exponent"),
+    "symbolic exponent": (f"PowByNatural(Integer(2), {symbol(0)})", "exponent"),
+    "float exponent": ("Float('1e1000000000', precision=53)", "number"),
+    "integer": (f"Mul({symbol(0)}, Integer({2**64}))", "int64"),
+    "long": (f"Add({', '.join(['Integer(1)'] * 400)})", "longer"),
+    "Max": (f"Max({', '.join(symbol(i) for i in range(5))})", "arguments"),
+}
+FATAL = list(COSTLY_EXPRESSIONS)[:7]
+LOAD_EACH = """
+import json, sys
+from bpbeval.checkpoint import load
+from bpbeval.errors import CheckpointError
+for path in sys.argv[1:]:
+    try:
+        load(path)
+        print(json.dumps(None), flush=True)
+    except CheckpointError as e:
+        print(json.dumps(str(e)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("name", COSTLY_EXPRESSIONS)
+def test_an_expression_sympy_would_compute_for_long_is_refused(name):
+    text, reason = COSTLY_EXPRESSIONS[name]
+    with pytest.raises(CheckpointError, match=rf"field expr_str holds .*, which .*{reason}"):
+        _check_program({"expr_str": text}, "model.json")
+
+
+def test_loading_a_program_that_would_never_finish_is_refused_at_once(
+    native_checkpoint, tmp_path, documents_jsonl, spawn, capsys
+):
+    paths = []
+    for name in FATAL:
+        path = tmp_path / name.replace(" ", "_")
+        shutil.copytree(native_checkpoint[0], path)
+
+        def change(program, text=COSTLY_EXPRESSIONS[name][0]):
+            next(iter(sym_size(program).values()))["as_expr"]["expr_str"] = text
+
+        rewrite_program(path, change)
+        paths.append(str(path))
+    # In a process of its own: were one admitted, torch's reader would not return.
+    proc = spawn([sys.executable, "-c", LOAD_EACH, *paths], stdout=subprocess.PIPE, text=True)
+    stdout, _ = proc.communicate(timeout=120)
+    for name, message in zip(FATAL, map(json.loads, stdout.splitlines()), strict=True):
+        reason = COSTLY_EXPRESSIONS[name][1]
+        assert message is not None, f"{name} loaded"
+        assert re.search(rf"model\.json: field \S*sym_int_values\S*expr_str .*{reason}", message)
+    with pytest.raises(SystemExit) as exit_info:  # refused before torch reads it, so in-process
+        run(eval_main, [paths[0], "--data", str(documents_jsonl), "--device", "cpu"])
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert "expr_str" in stderr and "exponent" in stderr
 
 
 # Identities cover everything a model computes with.
