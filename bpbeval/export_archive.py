@@ -98,15 +98,16 @@ _SYMBOL_ASSUMPTIONS = frozenset({"integer", "positive", "nonnegative", "real"}) 
 # srepr writes letters, digits, underscores, calls, quotes and keywords; anything else (a
 # newline sympify would delete, a comment, an operator) is not a printed shape expression.
 _EXPRESSION_CHARACTERS = re.compile(r"[A-Za-z0-9_(),.'= +-]*")
-# A double as sympy prints one: at most 17 significant digits, a 3-digit exponent. mpmath
-# would parse a million digits or an exponent of 10**9 (computing 10**(10**9)) as well.
+# torch's symbolic floats are doubles, which sympy prints with at most 17 significant digits
+# and a 3-digit exponent, at 53 bits of precision. mpmath keeps any exponent and precision:
+# Integer(Float('1e100000000000')) asks for a 40 GB integer, precision=10**9 never returns.
 _NUMBER = re.compile(r"[-+]?(\d{1,20}\.?\d{0,20}|\.\d{1,20})([eE][-+]?\d{1,3})?|[-+]?inf|nan")
-_FLOAT_PRECISION = 53  # torch's symbolic floats are doubles
+_FLOAT_PRECISION = 53
 # What an admitted expression may make sympy compute. sympy evaluates numbers eagerly
 # (10**(10**18) written as two literals never returns), multiplies polynomials out for their
 # gcd (FloorDiv, Mod, PythonMod) and compares every pair of a Max's arguments; torch's reader
-# also sympifies every sub-expression again (one expression 121 calls deep took it 4 s, 181
-# deep 14 s). Each bound sits far above what torch writes: a GPT's expressions are at most
+# also sympifies every sub-expression again (one expression 121 calls deep took it 2 s, 181
+# deep 18 s). Each bound sits far above what torch writes: a GPT's expressions are at most
 # 61 characters, 2 calls deep, 1 term, 1 symbol; an 8-layer CNN's with five dynamic
 # dimensions 569 characters, 12 deep, 2 terms, 5 symbols.
 _MAX_EXPRESSION_LENGTH = 4096
@@ -119,16 +120,16 @@ _MAX_EXPONENT = 64
 _POWERS = frozenset({"Pow", "PowByNatural", "FloatPow"})
 _SHIFTS = frozenset({"LShift", "RShift"})
 # Powers of powers still grow (64**3 bits from three nested literals): an upper bound on the
-# bits of any number the expression evaluates to, counting each symbol and float as 64 (an
-# int64 size, a double), stays below this. Without powers, no expression within the length
-# bound reaches it.
+# bits of any number the expression evaluates to, counting each symbol as 64 (an int64 size)
+# and each float as 1024 (a double's range), stays below this. Without powers, no expression
+# within the length bound reaches it.
 _MAX_BITS = 2**15
-# Terms once multiplied out: a product of n binomials has 2**n (PythonMod of two products of
-# 16 took sympy over 200 s, of 8 one second). A stride multiplies a few sizes of a few terms.
+# Terms once multiplied out: a product of n binomials has 2**n (torch's reader took 4 s over
+# PythonMod of two products of 12, 51 s of 16). A stride multiplies a few sizes of few terms.
 _MAX_TERMS = 128
 # Distinct symbols: each is a variable of those polynomials (PythonMod of two sums of 32 symbols
-# each took sympy 9 s, of 40 each 59 s). A program's symbols are its dynamic dimensions, and
-# one size relates a few of them.
+# took sympy 9 s, of 64 two minutes). A program's symbols are its dynamic dimensions, and one
+# size relates a few of them.
 _MAX_SYMBOLS = 16
 # torch's reader evaluates Max and Min with sympy's own, which compares every pair of arguments
 # through assumptions queries (32 symbols take 0.5 s, 160 take 12 s). sym_max and sym_min are
@@ -342,12 +343,11 @@ def _sympy_problem(node: ast.expr, *, depth: int) -> str | None:
     # argument of any other function as one more expression.
     first = node.args[0] if node.args else None
     if name in ("Symbol", "Float"):
-        pattern = _IDENTIFIER if name == "Symbol" else _NUMBER
         if not (
             len(node.args) == 1
             and isinstance(first, ast.Constant)
             and isinstance(first.value, str)
-            and pattern.fullmatch(first.value)
+            and (_IDENTIFIER.fullmatch if name == "Symbol" else _is_double)(first.value)
         ):
             return f"gives {name} something other than a {'name' if name == 'Symbol' else 'number'}"
         for keyword in node.keywords:
@@ -368,6 +368,13 @@ def _sympy_problem(node: ast.expr, *, depth: int) -> str | None:
         if exponent is None or not abs(exponent) <= _MAX_EXPONENT:  # nan too
             return f"gives {name} an exponent that is not a number of at most {_MAX_EXPONENT}"
     return problem
+
+
+def _is_double(text: str) -> bool:
+    """Whether ``text`` is a float as sympy prints a double (not one beyond a double's range)."""
+    return bool(_NUMBER.fullmatch(text)) and (
+        math.isfinite(float(text)) or text.lstrip("+-") in ("inf", "nan")
+    )
 
 
 def _exponent(node: ast.expr) -> float | None:
@@ -401,7 +408,7 @@ def _bits(node: ast.expr) -> int:
         return _bits(node.operand)
     name = node.func.id
     if name in ("Symbol", "Float"):
-        return 64
+        return 64 if name == "Symbol" else 1024
     bits = [_bits(a) for a in node.args]
     if name in _POWERS:
         return bits[0] * max(1, _power(node))

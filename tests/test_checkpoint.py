@@ -551,7 +551,7 @@ COSTLY_EXPRESSIONS = {
     "minus signs": ("-" * 4000 + "Integer(1)", "not a Python expression"),
     "shift": (f"LShift({symbol(0)}, Integer(1000000000000000000))", "exponent"),
     "symbolic exponent": (f"PowByNatural(Integer(2), {symbol(0)})", "exponent"),
-    "float exponent": ("Float('1e1000000000', precision=53)", "number"),
+    "float beyond a double": ("Integer(Float('1e100000000000', precision=53))", "number"),
     "integer": (f"Mul({symbol(0)}, Integer({2**64}))", "int64"),
     "long": (f"Add({', '.join(['Integer(1)'] * 400)})", "longer"),
     "Max": (f"Max({', '.join(symbol(i) for i in range(5))})", "arguments"),
