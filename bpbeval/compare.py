@@ -150,9 +150,7 @@ def compare_scores(
 
 
 def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str, list[Highlight]]:
-    bpb_a, bpb_b = a.documents.bits_per_byte, b.documents.bits_per_byte  # NaN at 0 bytes
-    scored = a.documents.bytes > 0
-    delta = bpb_a - bpb_b
+    scored = a.documents.bytes > 0  # the others' bpb is NaN
 
     def most(values: np.ndarray, where: np.ndarray) -> list[int]:
         # The HIGHLIGHTS largest where ``where``, ties to the earlier document, so the lists are
@@ -166,11 +164,15 @@ def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str
         rows = np.flatnonzero(where & (keyed >= cut))
         return rows[np.argsort(-keyed[rows], kind="stable")[:HIGHLIGHTS]].tolist()
 
+    # One model's bpb column at a time where it can be: a few columns of every document at most.
+    hardest_a = most(a.documents.bits_per_byte, scored)
+    hardest_b = most(b.documents.bits_per_byte, scored)
+    delta = a.documents.bits_per_byte - b.documents.bits_per_byte
     picks = {
         "a_beats_b": most(-delta, scored & (delta < 0)),
         "b_beats_a": most(delta, scored & (delta > 0)),
-        "hardest_a": most(bpb_a, scored),
-        "hardest_b": most(bpb_b, scored),
+        "hardest_a": hardest_a,
+        "hardest_b": hardest_b,
     }
     wanted = {i for rows in picks.values() for i in rows}
     # Scores hold positions, not ids: the listed documents' ids and text come from the input.

@@ -793,7 +793,7 @@ def _gather(
         # One string object per label, shared by its documents; code -1 picks the None.
         domains = np.array([*labels, None], dtype=object)[domain_codes]
         documents = DocumentScores(domains, nats, n_bytes, tokens)
-        scored = fresh.astype(bool)
+        scored = slice(None) if fresh.all() else fresh.astype(bool)  # no copies without a cache
         _check_metric(checked.nats.item(), checked.tokens.item(), nats[scored], tokens[scored])
         totals = (math.fsum(nats), int(n_bytes.sum()), int(tokens.sum()), len(nats))
     nats_total, bytes_total, tokens_total, count = distributed.broadcast_from_rank0(totals)
