@@ -33,7 +33,7 @@ from bpbeval.eval import (
     read_scoring_documents,
     score,
 )
-from bpbeval.files import atomic_writer, check_output_file
+from bpbeval.files import atomic_writer, check_directory_to_fill, check_output_file
 from bpbeval.report import MODELS
 from bpbeval.results import Scores
 from bpbeval.statistics import (
@@ -265,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = getattr(args, dest)
         if path:
             check_output_file(path, suffix=suffix, flag="--" + dest.replace("_", "-"))
+    if args.cache:
+        check_directory_to_fill(args.cache, flag="--cache")
     if args.plot:
         report.pyplot()
     with distributed.process_group(args.device):

@@ -217,6 +217,25 @@ def check_output_directory(
     _check_can_create_in(path.parent, flag, path)
 
 
+def check_directory_to_fill(path: str | os.PathLike[str], *, flag: str) -> None:
+    """Refuse now a directory that files will be added to (a cache) where none can be.
+
+    Raises:
+        OutputError: ``path`` is a file, or lies where nothing can be created.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> check_directory_to_fill(d / "cache", flag="--cache")
+        >>> _ = (d / "file").write_text("x")
+        >>> check_directory_to_fill(d / "file", flag="--cache")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        bpbeval.errors.OutputError: --cache .../file: ... is a file, so nothing can be written in it
+    """
+    _check_can_create_in(Path(path), flag, Path(path))
+
+
 def _check_can_create_in(directory: Path, flag: str, path: Path) -> None:
     # The atomic writes create their missing parents and a temporary sibling: what they need
     # is to create an entry in the nearest directory that exists. Trying it is the only sure

@@ -382,6 +382,10 @@ def test_a_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch, corpus, ch
         ("--plot", "a_file/x.png", "is a file, so nothing can be written in it"),
         ("--per-doc", "READ_ONLY/x.parquet", "cannot write in"),
         ("--json", "READ_ONLY/new/x.json", "cannot write in"),
+        ("--cache", "a_file", "is a file, so nothing can be written in it"),
+        ("--cache", "a_file/cache", "is a file, so nothing can be written in it"),
+        ("--cache", "READ_ONLY", "cannot write in"),
+        ("--cache", "READ_ONLY/cache", "cannot write in"),
     ],
 )
 def test_a_bad_output_fails_before_any_checkpoint_is_loaded(
@@ -390,8 +394,8 @@ def test_a_bad_output_fails_before_any_checkpoint_is_loaded(
     (tmp_path / "a_file").write_text("precious")
     for directory in ("dir.json", "dir.parquet"):
         (tmp_path / directory).mkdir()
-    root = read_only_dir if name.startswith("READ_ONLY/") else tmp_path
-    out = str(root / name.removeprefix("READ_ONLY/"))
+    root = read_only_dir if name.startswith("READ_ONLY") else tmp_path
+    out = str(root / name.removeprefix("READ_ONLY").removeprefix("/"))
     # Neither checkpoint nor the data exist: the outputs are the first thing checked.
     missing = [str(tmp_path / "no-a"), str(tmp_path / "no-b"), "--data", str(tmp_path / "no-data")]
     status, out_text, err = _cli([*missing, "--device", "cpu", flag, out])
