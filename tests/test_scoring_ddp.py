@@ -131,9 +131,10 @@ def test_spawned_processes_and_their_own_sessions_die_with_the_test(spawn, launc
 
 
 # Joins and leaves a group the way eval and compare do, importing on the way what
-# torch.export.load imports; prints, at exit, the gloo threads still running.
+# torch.export.load imports; writes, at exit, the gloo threads still running to a file per
+# rank (the ranks share one stdout, where their lines can interleave).
 TEARDOWN = """
-import atexit, json, os
+import atexit, json, os, sys
 from bpbeval import distributed
 
 def gloo_threads():
@@ -143,7 +144,11 @@ def gloo_threads():
             names.append(comm.read().strip())
     return [name for name in names if "gloo" in name]
 
-atexit.register(lambda: print(json.dumps(gloo_threads())))
+def report():
+    with open(f"{sys.argv[1]}/rank{os.environ['RANK']}.json", "w") as out:
+        json.dump(gloo_threads(), out)
+
+atexit.register(report)
 with distributed.process_group("cpu"):
     import torch.distributed.nn
     distributed.all_gather(distributed.rank())
@@ -160,12 +165,12 @@ def test_leaving_the_group_stops_gloo_before_the_interpreter_exits(tmp_path, spa
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(script)]  # fmt: skip
+            str(script), str(tmp_path)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = spawn(
         argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    stdout, stderr = launch.communicate(timeout=120)
+    _, stderr = launch.communicate(timeout=120)
     assert launch.returncode == 0, stderr
-    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("[")]
-    assert reports == [[], []], stdout  # both ranks, no gloo thread left
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert reports == [[], []]  # both ranks, no gloo thread left
