@@ -13,6 +13,7 @@ import pydoc_data.topics
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,22 @@ from bpbeval.gpt import GPT, GPTConfig
 from bpbeval.tokenizer import SPECIAL_TOKENS, Tokenizer, train
 
 CONTEXT = 16  # tokens a tiny model sees at once: documents need several windows
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(world: int, *args: str) -> list[str]:
+    """The command that runs ``args`` (a script and its arguments, or ``-m module ...``) on
+    ``world`` ranks of this machine."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={world}", *args,
+    ]  # fmt: skip
+
+
+def torchrun_env() -> dict[str, str]:
+    """A rank's environment: bpbeval from this checkout, one torch thread (ranks share 2 cores)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
 
 # The suite shares 2 cores with other jobs; torch's intra-op threads then spin-wait on
 # each other and tiny ops run 30x slower. Tiny models gain nothing from a second thread.
@@ -92,23 +109,33 @@ def native_checkpoint(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: T
     return path, model
 
 
-@pytest.fixture(scope="session")
-def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    """A Hugging Face directory: tiny GPT-2, byte-level BPE fast tokenizer; gives (path, model)."""
+def byte_level_bpe(
+    texts: list[str], *, vocab_size: int, normalizer=None, add_prefix_space: bool = False
+):
+    """A GPT-2-style byte-level BPE, a Hugging Face ``tokenizers.Tokenizer``, on ``texts``."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
+    tok = HFTokenizer(models.BPE())
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    hf.train_from_iterator(stdlib_texts(8), trainer)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A Hugging Face directory: tiny GPT-2, byte-level BPE fast tokenizer; gives (path, model)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    hf = byte_level_bpe(stdlib_texts(8), vocab_size=300)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=hf, eos_token="<|endoftext|>")
     torch.manual_seed(1)
     config = GPT2Config(

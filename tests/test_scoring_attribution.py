@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +17,9 @@ from bpbeval.data import Document, read_documents
 from bpbeval.errors import CacheError
 from bpbeval.results import DocumentScore
 from bpbeval.scoring import score_documents
-from tests.conftest import stdlib_texts
+from tests.conftest import ROOT, stdlib_texts, torchrun, torchrun_env
 from tests.test_bruteforce import brute_force_token_nats
 from tests.test_scoring import DictCache, DropsAccents
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +160,10 @@ def test_attribution_is_bit_identical_at_world_size_2(
     checkpoint_path = str(native_checkpoint[0])
     script = tmp_path / "attribution.py"
     script.write_text(PER_DOCUMENT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    argv = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(script), checkpoint_path, str(documents_jsonl), str(tmp_path / "out.json"),
-    ]  # fmt: skip
-    process = spawn(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    argv = torchrun(
+        2, str(script), checkpoint_path, str(documents_jsonl), str(tmp_path / "out.json")
+    )
+    process = spawn(argv, env=torchrun_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     documents = list(read_documents(documents_jsonl))

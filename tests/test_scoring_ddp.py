@@ -14,23 +14,21 @@ import pytest
 from bpbeval.checkpoint import load
 from bpbeval.data import read_documents
 from bpbeval.scoring import score_documents
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, torchrun, torchrun_env
 
 
 @pytest.mark.slow
 def test_world_sizes_agree(native_checkpoint, documents_jsonl, tmp_path, spawn):
     checkpoint_path = str(native_checkpoint[0])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = torchrun_env()
     launches, outputs = {}, {}
     # One launch at a time: 5 ranks at once on 2 cores only slow each other down.
     for world in (2, 3):
-        argv = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={world}", "-m", "bpbeval.eval", checkpoint_path,
+        argv = torchrun(
+            world, "-m", "bpbeval.eval", checkpoint_path,
             "--data", str(documents_jsonl), "--device", "cpu", "--batch-size", str(world),
             "--json", str(tmp_path / f"world{world}.json"),
-        ]  # fmt: skip
+        )  # fmt: skip
         launches[world] = spawn(
             argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -75,14 +73,13 @@ def test_per_document_nats_are_bit_identical_at_world_sizes_2_and_3(
     checkpoint_path = str(native_checkpoint[0])
     script = tmp_path / "per_document.py"
     script.write_text(PER_DOCUMENT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = torchrun_env()
     launches, outputs = {}, {}
     for world, budget in ((2, 50), (3, 4096)):  # one at a time, as above
-        argv = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={world}", str(script), checkpoint_path, str(documents_jsonl),
-            str(budget), str(tmp_path / f"world{world}.json"),
-        ]  # fmt: skip
+        argv = torchrun(
+            world, str(script), checkpoint_path, str(documents_jsonl), str(budget),
+            str(tmp_path / f"world{world}.json"),
+        )  # fmt: skip
         launches[world] = spawn(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         outputs[world] = launches[world].communicate(timeout=300)
 
@@ -164,11 +161,13 @@ def test_leaving_the_group_stops_gloo_before_the_interpreter_exits(tmp_path, spa
     without an active exception"). Whether they still run at exit does not depend on load."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(script), str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = spawn(
-        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        torchrun(2, str(script), str(tmp_path)),
+        env=torchrun_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _, stderr = launch.communicate(timeout=120)
     assert launch.returncode == 0, stderr

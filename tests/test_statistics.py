@@ -23,6 +23,7 @@ from bpbeval.statistics import (
     paired_figures_by_domain,
     sign_flip_p_value,
 )
+from tests.test_statistics_contract import _reference_deltas
 
 
 def _documents(n: int, seed: int, ratio: float = 1.0) -> tuple[np.ndarray, ...]:
@@ -275,21 +276,6 @@ def test_identical_models_have_p_one_and_a_clear_winner_the_smallest_p():
     assert same.p_value == 1.0
     better = paired_figures(nats_a, nats_b, nbytes, tokens_a, tokens_b, replicates=500)
     assert better.p_value == 1 / 501  # no flip comes near B winning on all 60 documents
-
-
-def _reference_deltas(nats_a, nats_b, nbytes, replicates, seed) -> np.ndarray:
-    # Replicate by replicate, each column pooled on its own: the definition, in a loop.
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(replicates):
-        idx = rng.integers(0, len(nbytes), size=len(nbytes))
-        row = []
-        for j in range(nbytes.shape[1]):
-            denominator = math.log(2) * nbytes[idx, j].sum()
-            with np.errstate(invalid="ignore"):  # a part no resampled document has: NaN
-                row.append(nats_a[idx, j].sum() / denominator - nats_b[idx, j].sum() / denominator)
-        out.append(row)
-    return np.array(out)
 
 
 def test_mde_is_the_documented_multiple_of_the_bootstrap_standard_error():

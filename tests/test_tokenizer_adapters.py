@@ -23,6 +23,7 @@ from bpbeval.tokenizer import (
     train,
 )
 from bpbeval.tokenizer.adapters import _unicode_to_byte
+from tests.conftest import byte_level_bpe as trained_bpe
 
 TEXTS = list(pydoc_data.topics.topics.values())[:60]
 UNSEEN = ["東京タワー 🙂👍🏽", "Ωμέγα — naïve café", "tab\there\n\n  spaces   x"]
@@ -30,18 +31,8 @@ UNSEEN = ["東京タワー 🙂👍🏽", "Ωμέγα — naïve café", "tab\th
 
 def byte_level_bpe(*, normalizer=None, add_prefix_space: bool = False) -> HFTokenizer:
     """A GPT-2-style byte-level BPE, trained on the stdlib's pydoc topics."""
-    tok = HFTokenizer(models.BPE())
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXTS, trainer)
-    return tok
+    options = {"normalizer": normalizer, "add_prefix_space": add_prefix_space}
+    return trained_bpe(TEXTS, vocab_size=800, **options)
 
 
 def sentencepiece_bpe(*, byte_fallback: bool, prepend_scheme: str = "never") -> HFTokenizer:
