@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -89,16 +88,6 @@ def process_group(device: str | torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def shard(items: Sequence[T]) -> list[tuple[int, T]]:
-    """This rank's share of ``items`` with their positions: every ``world_size()``-th item.
-
-    Example:
-        >>> shard(["a", "b", "c"])
-        [(0, 'a'), (1, 'b'), (2, 'c')]
-    """
-    return [(i, items[i]) for i in range(rank(), len(items), world_size())]
-
-
 def gather_to_rank0(obj: Any) -> list[Any] | None:
     """Every rank's ``obj``, in rank order, on rank 0; ``None`` on the other ranks.
 
@@ -161,32 +150,6 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def gather_arrays(arrays: Sequence[np.ndarray]) -> list[np.ndarray] | None:
-    """Each 1-D array, concatenated over ranks in rank order, on rank 0; ``None`` elsewhere.
-
-    The arrays of one rank have one length. They travel as tensors, not pickled.
-
-    Example:
-        >>> gather_arrays([np.arange(3)])
-        [array([0, 1, 2])]
-    """
-    if not dist.is_initialized():
-        return [np.array(a) for a in arrays]
-    sizes = all_gather(len(arrays[0]))
-    longest, device, root = max(sizes), _collective_device(), rank() == 0
-    out = []
-    for array in arrays:
-        mine = torch.zeros(longest, dtype=torch.from_numpy(array[:0]).dtype, device=device)
-        mine[: len(array)] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-        parts = [torch.empty_like(mine) for _ in sizes] if root else None
-        dist.gather(mine, parts, dst=0)
-        if parts is not None:
-            out.append(
-                np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes, strict=True)])
-            )
-    return out if root else None
-
-
 def gather_shards(array: np.ndarray) -> np.ndarray | None:
     """Rows sharded by :func:`shard_stream` (each rank's in its order), in input order on rank 0.
 
@@ -200,17 +163,17 @@ def gather_shards(array: np.ndarray) -> np.ndarray | None:
     """
     if not dist.is_initialized():
         return array
-    gathered = gather_arrays([array.reshape(-1)])
-    if gathered is None:
+    sizes = all_gather(len(array))  # rows per rank
+    device, row_shape = _collective_device(), array.shape[1:]
+    dtype = torch.from_numpy(array[:0]).dtype
+    mine = torch.zeros((max(sizes), *row_shape), dtype=dtype, device=device)  # one shape for all
+    mine[: len(array)] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    parts = [torch.empty_like(mine) for _ in sizes] if rank() == 0 else None
+    dist.gather(mine, parts, dst=0)
+    if parts is None:
         return None
-    (flat,) = gathered
-    row_shape, world = array.shape[1:], world_size()
-    width = math.prod(row_shape)  # elements per row
-    rows = len(flat) // width
-    out = np.empty((rows, *row_shape), dtype=array.dtype)
-    first = 0
-    for source in range(world):
-        count = len(range(source, rows, world))
-        out[source::world] = flat[first : first + count * width].reshape(count, *row_shape)
-        first += count * width
+    world = len(sizes)
+    out = np.empty((sum(sizes), *row_shape), dtype=array.dtype)
+    for source, (part, count) in enumerate(zip(parts, sizes, strict=True)):
+        out[source::world] = part[:count].cpu().numpy()
     return out
