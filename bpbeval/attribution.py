@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import bisect
 import functools
+import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -342,3 +343,185 @@ class Attributions:
             self.position_nats[index],
             self.position_bytes[index],
         )
+
+
+# ---- a corpus's sums ----------------------------------------------------------------------
+
+# The breakdown's bootstrap resamples groups of documents, not documents, so that its memory is
+# bounded whatever the corpus: ~40 MB a model. Up to GROUPS documents each group holds one
+# document, and the bootstrap is the per-document one.
+GROUPS = 1 << 16
+# A group of several documents sums their nats in integers of 2**-24 nat: exact, so the same for
+# any order of arrival and any world size. Its headroom, 2**39 nats in one part of one group, is
+# hundreds of terabytes of text.
+_UNITS_PER_NAT = 1 << 24
+# Documents summed at once: numpy's scatter-adds cost a few microseconds a document, not per call.
+_PENDING = 4096
+
+
+def document_groups(indices: ArrayLike) -> NDArray[np.int64]:
+    """The group of each document (by its position in the input) in a corpus's :class:`PartSums`.
+
+    The first :data:`GROUPS` documents start one group each; every later one joins the group a
+    hash of its position picks (splitmix64), so that each group is a random sample of the
+    corpus, whatever its order (sorted by source, by length, ...).
+
+    Example:
+        >>> document_groups([0, 1, GROUPS - 1]).tolist()
+        [0, 1, 65535]
+        >>> later = document_groups(np.arange(GROUPS, 9 * GROUPS))
+        >>> bool(later.min() >= 0 and later.max() < GROUPS), len(np.unique(later)) > 0.99 * GROUPS
+        (True, True)
+    """
+    i = np.asarray(indices, dtype=np.uint64).reshape(-1)
+    z = i + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return np.where(i < GROUPS, i, z % np.uint64(GROUPS)).astype(np.int64)
+
+
+def exact_partials(values: Iterable[float]) -> list[float]:
+    """A few floats whose sum, done exactly, is the exact sum of ``values``.
+
+    ``math.fsum`` rounds the exact sum once; what that rounding left out is summed the same
+    way, until nothing is. So partials merge: ``math.fsum`` of the partials of several sets
+    is ``math.fsum`` of all their values together, in any grouping and order.
+
+    Example:
+        >>> exact_partials([1e16, 1.0, -1e16 + 2.0]) == exact_partials([3.0])
+        True
+        >>> math.fsum(exact_partials([0.1] * 10) + exact_partials([0.2] * 5)) == math.fsum(
+        ...     [0.1] * 10 + [0.2] * 5)
+        True
+    """
+    values = list(values)
+    out: list[float] = []
+    while (total := math.fsum(values)) != 0:
+        out.append(total)
+        if not math.isfinite(total):
+            break
+        values.append(-total)
+    return out
+
+
+@dataclass(frozen=True)
+class PartSums:
+    """Nats and bytes of each part (a character class, a position bucket) over a corpus.
+
+    Exact totals, and the same sums by group of documents (:func:`document_groups`), for
+    the bootstrap to resample.
+
+    Attributes:
+        nats: float64 [parts]: every document's nats in the part, summed exactly
+            (``math.fsum``).
+        bytes: int64 [parts].
+        documents: int64 [parts]: documents with bytes in the part.
+        group_nats: float64 [groups, parts], for each group holding a document with bytes,
+            in group order: exact where the group holds one document, else to 2**-24 nat.
+        group_bytes: int64 [groups, parts], the same groups.
+    """
+
+    nats: NDArray[np.float64]
+    bytes: NDArray[np.int64]
+    documents: NDArray[np.int64]
+    group_nats: NDArray[np.float64]
+    group_bytes: NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class CorpusAttribution:
+    """A corpus's nats and bytes by character class and by position bucket (:class:`PartSums`
+    over :data:`CLASSES` and :data:`POSITIONS`), summed by :class:`AttributionSums`."""
+
+    classes: PartSums
+    positions: PartSums
+
+
+class AttributionSums:
+    """Documents' :class:`Attribution` summed into a :class:`CorpusAttribution`, in memory that
+    does not grow with the corpus.
+
+    Documents may arrive in any order, and be split between ranks: every sum kept is
+    either exact in integers or (a group's nats while it holds one document) has a single
+    term, so adding the ranks' :meth:`arrays` element by element and concatenating their
+    :meth:`partials` gives the same result, bit for bit, however the documents were dealt.
+
+    Example:
+        >>> sums = AttributionSums()
+        >>> sums.add(1, attribute("7", [4.0], [1]))
+        >>> sums.add(0, attribute("ab", [1.0, 2.0], [1, 1]))
+        >>> corpus = AttributionSums.combine(sums.arrays(), [sums.partials()])
+        >>> corpus.classes.nats[CLASSES.index("ascii_letters")], corpus.classes.documents[3]
+        (np.float64(3.0), np.int64(1))
+        >>> corpus.classes.group_nats[:, CLASSES.index("digits")].tolist()  # groups 0 and 1
+        [0.0, 4.0]
+    """
+
+    def __init__(self) -> None:
+        parts = len(CLASSES) + len(POSITIONS)
+        # Zeroed lazily by the OS: a small corpus touches a few pages of each.
+        self._count = np.zeros(GROUPS, dtype=np.int64)  # documents with bytes, by group
+        self._nats = np.zeros((GROUPS, parts), dtype=np.float64)  # read where count is 1
+        self._units = np.zeros((GROUPS, parts), dtype=np.int64)  # nats in 2**-24 nat
+        self._bytes = np.zeros((GROUPS, parts), dtype=np.int64)
+        self._documents = np.zeros(parts, dtype=np.int64)
+        self._partials: list[list[float]] = [[] for _ in range(parts)]
+        self._pending: list[tuple[int, Attribution]] = []
+
+    def add(self, index: int, attribution: Attribution) -> None:
+        """Add the document at input position ``index``."""
+        self._pending.append((index, attribution))
+        if len(self._pending) >= _PENDING:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        nats = np.array([np.concatenate([r.class_nats, r.position_nats]) for _, r in rows])
+        n_bytes = np.array([np.concatenate([r.class_bytes, r.position_bytes]) for _, r in rows])
+        has_bytes = n_bytes.sum(axis=1) > 0  # a document without bytes is in no part
+        nats, n_bytes = nats[has_bytes], n_bytes[has_bytes]
+        groups = document_groups(np.array([i for i, _ in rows], dtype=np.int64)[has_bytes])
+        np.add.at(self._count, groups, 1)
+        np.add.at(self._nats, groups, nats)
+        np.add.at(self._units, groups, np.rint(nats * _UNITS_PER_NAT).astype(np.int64))
+        np.add.at(self._bytes, groups, n_bytes)
+        self._documents += (n_bytes > 0).sum(axis=0)
+        for j, partials in enumerate(self._partials):
+            self._partials[j] = exact_partials([*partials, *nats[:, j].tolist()])
+
+    def arrays(self) -> list[np.ndarray]:
+        """The sums to add up, element by element, across ranks."""
+        self._flush()
+        return [self._count, self._nats, self._units, self._bytes, self._documents]
+
+    def partials(self) -> list[list[float]]:
+        """Each part's exact nats (:func:`exact_partials`), to concatenate across ranks."""
+        self._flush()
+        return self._partials
+
+    @staticmethod
+    def combine(
+        arrays: Sequence[np.ndarray], partials: Sequence[list[list[float]]]
+    ) -> CorpusAttribution:
+        """The corpus's sums from every rank's :meth:`arrays` (added up) and :meth:`partials`."""
+        count, nats, units, n_bytes, documents = arrays
+        held = count > 0
+        group_nats = np.where((count == 1)[:, None], nats, units / _UNITS_PER_NAT)[held]
+        group_bytes = n_bytes[held]
+        totals = np.array([math.fsum(p for rank in partials for p in rank[j])
+                           for j in range(len(documents))])  # fmt: skip
+
+        def part(columns: slice) -> PartSums:
+            return PartSums(
+                totals[columns],
+                group_bytes[:, columns].sum(axis=0),
+                documents[columns],
+                group_nats[:, columns],
+                group_bytes[:, columns],
+            )
+
+        k = len(CLASSES)
+        return CorpusAttribution(part(slice(0, k)), part(slice(k, None)))

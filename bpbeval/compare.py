@@ -142,10 +142,8 @@ def compare_scores(
     if a.attribution is not None and b.attribution is not None:
         x, y = a.attribution, b.attribution
         options = {"replicates": bootstrap, "seed": seed}
-        classes = paired_breakdown(CLASSES, x.class_nats, y.class_nats, x.class_bytes, **options)
-        positions = paired_breakdown(
-            POSITIONS, x.position_nats, y.position_nats, x.position_bytes, **options
-        )
+        classes = paired_breakdown(CLASSES, x.classes, y.classes, **options)
+        positions = paired_breakdown(POSITIONS, x.positions, y.positions, **options)
     return Comparison(overall, by_domain, classes, positions, _highlights(documents, a, b))
 
 
@@ -276,7 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, spec in zip(MODELS, (args.checkpoint_a, args.checkpoint_b), strict=True):
             checkpoint = load_checkpoint(options, spec)
             models[name] = _describe(checkpoint)
-            scores[name] = _score(name, checkpoint, documents, options, args.cache)
+            # --per-doc has a column per class for each document: only then are they kept.
+            scores[name] = _score(
+                name, checkpoint, documents, options, args.cache, per_document=bool(args.per_doc)
+            )
             del checkpoint  # free A before loading B
         if distributed.rank() != 0:
             return 0
@@ -323,12 +324,15 @@ def _score(
     documents: Iterable[Document],
     options: ScoringOptions,
     cache_dir: str | None,
+    *,
+    per_document: bool,
 ) -> Scores:
+    engine = {"per_document_attribution": per_document}
     if cache_dir is None:
-        return score(options, checkpoint, documents)
+        return score(options, checkpoint, documents, **engine)
     settings = options.cache_settings()
     with ResultCache(cache_dir, identity=checkpoint.identity, settings=settings) as cache:
-        result = score(options, checkpoint, documents, cache=cache)
+        result = score(options, checkpoint, documents, cache=cache, **engine)
     counts = distributed.gather_to_rank0((cache.written, cache.hits))
     if counts is not None:
         scored, reused = (sum(column) for column in zip(*counts, strict=True))

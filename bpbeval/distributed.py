@@ -177,3 +177,20 @@ def gather_shards(array: np.ndarray) -> np.ndarray | None:
     for source, (part, count) in enumerate(zip(parts, sizes, strict=True)):
         out[source::world] = part[:count].cpu().numpy()
     return out
+
+
+def sum_to_rank0(array: np.ndarray) -> np.ndarray | None:
+    """The element-wise sum of every rank's ``array`` on rank 0; ``None`` on other ranks.
+
+    Travels as one tensor. Exact for integers, and for floats that only one rank holds
+    (the others' zeros add nothing).
+
+    Example:
+        >>> sum_to_rank0(np.array([1, 2]))
+        array([1, 2])
+    """
+    if not dist.is_initialized():
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_collective_device())
+    dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
+    return tensor.cpu().numpy() if rank() == 0 else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bpbeval
-from bpbeval.attribution import CLASSES, POSITIONS, Attributions
+from bpbeval.attribution import CLASSES, POSITIONS, CorpusAttribution
 from bpbeval.data import Document
 from bpbeval.errors import MissingDependencyError
 from bpbeval.results import Scores, bits_per_byte
@@ -124,32 +123,33 @@ def summary(scores: Scores) -> dict[str, object]:
     }
 
 
-def breakdown(attribution: Attributions) -> dict[str, dict[str, dict[str, float | int]]]:
+def breakdown(attribution: CorpusAttribution) -> dict[str, dict[str, dict[str, float | int]]]:
     """One model's bpb by character class and by context position, as eval reports them.
 
     Example:
-        >>> from bpbeval.attribution import attribute
+        >>> from bpbeval.attribution import AttributionSums, attribute
         >>> import math
-        >>> one = Attributions.from_rows([attribute("ab 1", [2.0, math.log(2), 1.0], [2, 1, 1])])
+        >>> sums = AttributionSums()
+        >>> sums.add(0, attribute("ab 1", [2.0, math.log(2), 1.0], [2, 1, 1]))
+        >>> one = AttributionSums.combine(sums.arrays(), [sums.partials()])
         >>> breakdown(one)["classes"]["whitespace"]
         {'bytes': 1, 'share': 0.25, 'nats': 0.6931471805599453, 'bits_per_byte': 1.0}
     """
-    parts = {
-        "classes": (CLASSES, attribution.class_nats, attribution.class_bytes),
-        "positions": (POSITIONS, attribution.position_nats, attribution.position_bytes),
-    }
     out = {}
-    for key, (names, nats, n_bytes) in parts.items():
-        total = int(n_bytes.sum())
+    for key, names, parts in (
+        ("classes", CLASSES, attribution.classes),
+        ("positions", POSITIONS, attribution.positions),
+    ):
+        total = int(parts.bytes.sum())
         out[key] = {
             name: {
-                "bytes": int(n_bytes[:, k].sum()),
-                "share": int(n_bytes[:, k].sum()) / total,
-                "nats": math.fsum(nats[:, k]),
-                "bits_per_byte": bits_per_byte(math.fsum(nats[:, k]), int(n_bytes[:, k].sum())),
+                "bytes": int(parts.bytes[k]),
+                "share": int(parts.bytes[k]) / total,
+                "nats": float(parts.nats[k]),
+                "bits_per_byte": bits_per_byte(float(parts.nats[k]), int(parts.bytes[k])),
             }
             for k, name in enumerate(names)
-            if n_bytes[:, k].any()
+            if parts.bytes[k]
         }
     return out
 
@@ -223,9 +223,10 @@ def write_per_document_parquet(
 ) -> None:
     """Write per-document results as Parquet: id, domain, bytes, then nats and tokens per model.
 
-    With attribution, then for each class ``c`` of :data:`CLASSES`: ``bytes_c``, ``nats_a_c``
-    and ``nats_b_c``. Written ``PER_DOCUMENT_ROWS`` documents at a time, one row group
-    each, so memory holds one row group whatever the corpus.
+    With per-document attribution (``Scores.per_document_attribution``), then for each class
+    ``c`` of :data:`CLASSES`: ``bytes_c``, ``nats_a_c`` and ``nats_b_c``. Written
+    ``PER_DOCUMENT_ROWS`` documents at a time, one row group each, so memory holds one row
+    group whatever the corpus.
 
     Args:
         sink: a binary file open for writing (:func:`bpbeval.files.atomic_writer`).
@@ -257,11 +258,12 @@ def write_per_document_parquet(
         "nats_b": (docs_b.nats, pa.float64()),
         "tokens_b": (docs_b.tokens, pa.int64()),
     }
-    if a.attribution is not None and b.attribution is not None:
+    parts_a, parts_b = a.per_document_attribution, b.per_document_attribution
+    if parts_a is not None and parts_b is not None:
         for k, name in enumerate(CLASSES):
-            columns[f"bytes_{name}"] = (a.attribution.class_bytes[:, k], pa.int64())
-            columns[f"nats_a_{name}"] = (a.attribution.class_nats[:, k], pa.float64())
-            columns[f"nats_b_{name}"] = (b.attribution.class_nats[:, k], pa.float64())
+            columns[f"bytes_{name}"] = (parts_a.class_bytes[:, k], pa.int64())
+            columns[f"nats_a_{name}"] = (parts_a.class_nats[:, k], pa.float64())
+            columns[f"nats_b_{name}"] = (parts_b.class_nats[:, k], pa.float64())
     schema = pa.schema([("id", pa.string())] + [(name, t) for name, (_, t) in columns.items()])
     ids = (document.id for document in documents)
     with pq.ParquetWriter(sink, schema) as writer:

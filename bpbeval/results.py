@@ -21,7 +21,7 @@ from typing import overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from bpbeval.attribution import Attribution, Attributions
+from bpbeval.attribution import Attribution, Attributions, CorpusAttribution
 
 LN2 = math.log(2)
 
@@ -172,8 +172,10 @@ class Scores:
         tokens: total tokens scored.
         bytes_from_text: True when the tokenizer was not byte-conservative on some
             document and ``allow_inexact_bytes`` made its text's bytes the denominator.
-        attribution: per-document nats and bytes by character class and position
-            (:mod:`bpbeval.attribution`), rows as ``documents``; ``None`` where not computed.
+        attribution: the corpus's nats and bytes by character class and position
+            (:mod:`bpbeval.attribution`); ``None`` where not computed.
+        per_document_attribution: the same for each document, rows as ``documents``; only
+            where asked for (400 bytes a document).
 
     Example:
         >>> s = Scores(DocumentScores.from_rows([]), 0.0, 0, 0, False)
@@ -186,7 +188,8 @@ class Scores:
     bytes: int
     tokens: int
     bytes_from_text: bool
-    attribution: Attributions | None = None
+    attribution: CorpusAttribution | None = None
+    per_document_attribution: Attributions | None = None
 
     @property
     def bits_per_byte(self) -> float:

@@ -18,7 +18,8 @@ The engine streams, in stages, so memory does not grow with the corpus:
   copy when documents finish (batched: never a sync per forward pass), then each
   document's nats are summed in window order. The scored tokens' own nats come in the
   same copy (4 bytes a token): each document's are attributed to its bytes' character
-  classes and positions (:mod:`bpbeval.attribution`), and only those sums are kept.
+  classes and positions (:mod:`bpbeval.attribution`), and only those sums are kept,
+  added into the corpus's (:class:`~bpbeval.attribution.AttributionSums`, bounded).
   That runs on the host, because it needs each byte's class, which the encoding thread
   computes from the text there, and because per-class sums by ``bincount`` on a GPU add
   floats in no fixed order.
@@ -53,6 +54,7 @@ from bpbeval.attribution import (
     POSITIONS,
     Attribution,
     Attributions,
+    AttributionSums,
     attribute,
     byte_classes,
 )
@@ -256,6 +258,7 @@ def score_documents(
     allow_inexact_bytes: bool = False,
     cache: ScoreCache | None = None,
     attribution: bool = True,
+    per_document_attribution: bool = False,
     progress: bool = True,
     progress_bytes: int | None = None,
 ) -> Scores:
@@ -279,8 +282,10 @@ def score_documents(
             bytes, divide by the text's bytes instead of stopping.
         cache: per-document results to reuse and fill.
         attribution: also attribute each document's nats to its bytes' character classes
-            and positions (``Scores.attribution``; ``None`` if off, or if the tokens do not
-            cover some document's bytes exactly).
+            and positions, summed over the corpus (``Scores.attribution``; ``None`` if off,
+            or if the tokens do not cover some document's bytes exactly).
+        per_document_attribution: keep each document's attribution too
+            (``Scores.per_document_attribution``): 400 bytes a document on rank 0.
         progress: show a progress bar on rank 0.
         progress_bytes: the corpus's UTF-8 bytes, if known up front (the bar's total);
             default a ``Corpus``'s estimate.
@@ -312,8 +317,12 @@ def score_documents(
     tokenizer = checkpoint.tokenizer
     token_bytes = tokenizer.token_bytes().numpy().astype(np.int64)
     metric = BitsPerByte(tokenizer.token_bytes(device), validate_args=False)
-    results = _Results(attribution=attribution)
     world_size = distributed.world_size()
+    results = _Results(
+        world_size=world_size,
+        attribution=attribution,
+        per_document=attribution and per_document_attribution,
+    )
     show = progress and distributed.rank() == 0
     if show and progress_bytes is None and isinstance(documents, Corpus):
         progress_bytes = documents.size_bytes()
@@ -335,8 +344,7 @@ def score_documents(
             )
             if cache is not None:
                 cache.put(record.document, score)
-        # Row k of this rank's results: its k-th document (sharding is round-robin).
-        results.add(record.index // world_size, score, fresh=record.cached is None)
+        results.add(record.index, score, fresh=record.cached is None)
         bar.finished(record)
 
     def exact_so_far(records: Iterable[_Record]) -> Iterator[_Record]:
@@ -400,7 +408,7 @@ def score_documents(
             f"{from_tokens - from_text:+d}); pass --allow-inexact-bytes (allow_inexact_bytes=True) "
             "to divide by the text's bytes"
         )
-    return _gather(results, metric, bytes_from_text=bool(found), attribution=attribution)
+    return _gather(results, metric, bytes_from_text=bool(found))
 
 
 def _attribute(record: _Record) -> Attribution | None:
@@ -727,11 +735,13 @@ class _Column:
 class _Results:
     """This rank's per-document results as columns, row ``k`` its ``k``-th document.
 
-    About 33 bytes a document (plus the class and position sums when attributing):
-    no ids (rows are positions) and no Python object per document.
+    About 33 bytes a document, no ids (rows are positions) and no Python object per
+    document; attribution adds the corpus's sums (~40 MB, whatever the corpus), and its
+    per-document sums only where asked for.
     """
 
-    def __init__(self, *, attribution: bool) -> None:
+    def __init__(self, *, world_size: int, attribution: bool, per_document: bool) -> None:
+        self.world_size = world_size
         self.rows = 0
         self.nats = _Column(np.float64)
         self.bytes = _Column(np.int64)
@@ -740,10 +750,13 @@ class _Results:
         self.domain = _Column(np.int32)  # into labels; -1: no domain
         self.labels: dict[str, int] = {}
         self.attributed = attribution  # every document so far has its attribution
-        self.part_nats = _Column(np.float64, _PARTS) if attribution else None
-        self.part_bytes = _Column(np.int64, _PARTS) if attribution else None
+        self.attribution = AttributionSums() if attribution else None
+        self.part_nats = _Column(np.float64, _PARTS) if per_document else None
+        self.part_bytes = _Column(np.int64, _PARTS) if per_document else None
 
-    def add(self, row: int, score: DocumentScore, *, fresh: bool) -> None:
+    def add(self, index: int, score: DocumentScore, *, fresh: bool) -> None:
+        """Keep the document at input position ``index``, one of this rank's."""
+        row = index // self.world_size  # this rank's k-th document: sharding is round-robin
         self.rows = max(self.rows, row + 1)
         self.nats[row], self.bytes[row], self.tokens[row] = score.nats, score.bytes, score.tokens
         self.fresh[row] = fresh
@@ -753,20 +766,19 @@ class _Results:
         )
         parts = score.attribution
         self.attributed &= parts is not None
+        if self.attribution is not None and parts is not None:
+            self.attribution.add(index, parts)
         if self.part_nats is not None and self.part_bytes is not None and parts is not None:
             self.part_nats[row] = np.concatenate([parts.class_nats, parts.position_nats])
             self.part_bytes[row] = np.concatenate([parts.class_bytes, parts.position_bytes])
 
 
-def _gather(
-    results: _Results, metric: BitsPerByte, *, bytes_from_text: bool, attribution: bool
-) -> Scores:
+def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) -> Scores:
     """Every rank's results on rank 0 in input order, the totals on every rank.
 
     A column at a time, so rank 0 never holds more than one column twice.
     """
     checked = metric.compute_all()  # synchronises the freshly scored totals across ranks
-    attributed = attribution and all(distributed.all_gather(results.attributed))
     # One label table for every rank, so that codes mean the same wherever they come from.
     labels = sorted(set().union(*distributed.all_gather(list(results.labels))))
     code = {label: i for i, label in enumerate(labels)}
@@ -777,19 +789,25 @@ def _gather(
         distributed.gather_shards(column.take(rows))
         for column in (results.nats, results.bytes, results.tokens, results.fresh)
     )
-    part_nats = part_bytes = None
-    if attributed and results.part_nats is not None and results.part_bytes is not None:
-        part_nats = distributed.gather_shards(results.part_nats.take(rows))
-        part_bytes = distributed.gather_shards(results.part_bytes.take(rows))
-    totals = parts = None
+    corpus = per_document = None
+    if results.attribution is not None and all(distributed.all_gather(results.attributed)):
+        sums = results.attribution
+        arrays = [distributed.sum_to_rank0(array) for array in sums.arrays()]
+        partials = distributed.gather_to_rank0(sums.partials())
+        if partials is not None:
+            corpus = AttributionSums.combine(arrays, partials)  # type: ignore[arg-type]
+        if results.part_nats is not None and results.part_bytes is not None:
+            part_nats = distributed.gather_shards(results.part_nats.take(rows))
+            part_bytes = distributed.gather_shards(results.part_bytes.take(rows))
+            if part_nats is not None and part_bytes is not None:
+                k = len(CLASSES)
+                per_document = Attributions(
+                    part_nats[:, :k], part_bytes[:, :k], part_nats[:, k:], part_bytes[:, k:]
+                )
+    totals = None
     documents = DocumentScores.from_rows([])
     if nats is not None and n_bytes is not None and tokens is not None and fresh is not None:
         assert domain_codes is not None
-        if part_nats is not None and part_bytes is not None:
-            k = len(CLASSES)
-            parts = Attributions(
-                part_nats[:, :k], part_bytes[:, :k], part_nats[:, k:], part_bytes[:, k:]
-            )
         # One string object per label, shared by its documents; code -1 picks the None.
         domains = np.array([*labels, None], dtype=object)[domain_codes]
         documents = DocumentScores(domains, nats, n_bytes, tokens)
@@ -805,7 +823,8 @@ def _gather(
         bytes_total,
         tokens_total,
         bytes_from_text=bytes_from_text,
-        attribution=parts,
+        attribution=corpus,
+        per_document_attribution=per_document,
     )
 
 

@@ -26,6 +26,8 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from bpbeval.attribution import PartSums
+
 CONFIDENCE = 0.95
 # An interval called 95% should cover 95% to within a percentage point. At the edges it cannot,
 # so below either minimum there is no interval (and no verdict of significance):
@@ -407,7 +409,8 @@ class PartFigures:
         share: ``bytes`` over all documents' bytes.
         nats_a, nats_b: each model's nats attributed to the part.
         ci: the ``CONFIDENCE`` paired-bootstrap interval of :attr:`delta`, resampling whole
-            documents; ``None`` below ``MIN_DOCUMENTS`` documents (of this part) or
+            documents (groups of them past ``GROUPS``, see :func:`paired_breakdown`); ``None``
+            below ``MIN_DOCUMENTS`` documents (groups) with bytes in this part, or
             ``MIN_REPLICATES`` replicates.
     """
 
@@ -433,64 +436,61 @@ class PartFigures:
 
 
 def paired_breakdown(
-    names: Sequence[str],
-    nats_a: ArrayLike,
-    nats_b: ArrayLike,
-    nbytes: ArrayLike,
-    *,
-    replicates: int = 1000,
-    seed: int = 0,
+    names: Sequence[str], a: PartSums, b: PartSums, *, replicates: int = 1000, seed: int = 0
 ) -> dict[str, PartFigures]:
-    """:class:`PartFigures` for each part (column) of per-document sums, keyed by name.
+    """:class:`PartFigures` for each part of a corpus's sums (:class:`PartSums`), keyed by name.
 
-    Every part is pooled on the same resamples of the documents as :func:`paired_figures`
-    with the same seed draws (documents without bytes are left out first, as there), so a
-    part's interval is the bootstrap of its own pooled Δbpb. Parts with no bytes anywhere are
-    left out.
+    The interval resamples the groups of documents (:func:`~bpbeval.attribution.document_groups`)
+    that hold bytes, in group order, with the same seed draws as :func:`paired_figures`. Up to
+    ``GROUPS`` documents a group is a document, so then every part is pooled on the same
+    resamples of the documents as the overall figures, and a part's interval is the bootstrap
+    of its own pooled Δbpb; past that, groups are random samples of the corpus, and resampling
+    them is the cluster bootstrap. Parts with no bytes are left out.
 
     Args:
         names: one name per part.
-        nats_a: per-document nats of A in each part, shape [documents, parts].
-        nats_b: the same for B.
-        nbytes: per-document bytes in each part (the same for both models).
+        a: model A's sums.
+        b: model B's sums over the same documents (the same bytes).
         replicates: bootstrap replicates.
         seed: bootstrap seed.
 
     Example:
-        >>> parts = paired_breakdown(["x", "y", "z"], [[4.0, 2.0, 0.0]] * 50,
-        ...                          [[2.0, 2.0, 0.0]] * 50, [[2, 2, 0]] * 50, replicates=500)
+        >>> def sums(nats):  # 50 documents, each with these nats over 2, 2 and 0 bytes
+        ...     n, b = np.array([nats] * 50), np.array([[2, 2, 0]] * 50)
+        ...     return PartSums(n.sum(0), b.sum(0), (b > 0).sum(0), n, b)
+        >>> parts = paired_breakdown(["x", "y", "z"], sums([4.0, 2.0, 0.0]), sums([2.0, 2.0, 0.0]),
+        ...                          replicates=500)
         >>> {k: (round(p.delta, 4), p.share, p.ci is not None) for k, p in parts.items()}
         {'x': (1.4427, 0.5, True), 'y': (0.0, 0.5, True)}
     """
-    n_bytes = np.asarray(nbytes, dtype=np.int64)
-    a = np.asarray(nats_a, dtype=np.float64)
-    b = np.asarray(nats_b, dtype=np.float64)
-    if not (a.shape == b.shape == n_bytes.shape == (len(n_bytes), len(names))):
+    if not (len(names) == len(a.bytes) == len(b.bytes)) or not np.array_equal(
+        a.group_bytes, b.group_bytes
+    ):
         raise ValueError(
-            f"need [documents, {len(names)}] arrays; got {a.shape}, {b.shape} and {n_bytes.shape}"
+            f"need sums of the same {len(names)} parts over the same bytes; got {len(a.bytes)} "
+            f"and {len(b.bytes)} parts, over {a.group_bytes.sum()} and {b.group_bytes.sum()} bytes"
         )
-    keep = n_bytes.sum(axis=1) > 0
-    if not keep.all():  # usually every document has bytes: then no copies
-        a, b, n_bytes = a[keep], b[keep], n_bytes[keep]
-    present = (n_bytes > 0).sum(axis=0)
+    units = (a.group_bytes > 0).sum(axis=0)  # groups with bytes in each part: what is resampled
     deltas = None
-    if len(n_bytes) and too_few(int(present.max()), replicates) is None:
-        deltas = bootstrap_delta(a, b, n_bytes, replicates=replicates, seed=seed)
-    total = int(n_bytes.sum())
+    if len(a.group_bytes) and too_few(int(units.max()), replicates) is None:
+        deltas = bootstrap_delta(
+            a.group_nats, b.group_nats, a.group_bytes, replicates=replicates, seed=seed
+        )
+    total = int(a.bytes.sum())
     out = {}
     for j, name in enumerate(names):
-        part_bytes = int(n_bytes[:, j].sum())
+        part_bytes = int(a.bytes[j])
         if part_bytes == 0:
             continue
         ci = None
-        if deltas is not None and too_few(int(present[j]), replicates) is None:
+        if deltas is not None and too_few(int(units[j]), replicates) is None:
             ci = _percentile_interval(deltas[:, j])
         out[name] = PartFigures(
-            documents=int(present[j]),
+            documents=int(a.documents[j]),
             bytes=part_bytes,
             share=part_bytes / total,
-            nats_a=math.fsum(a[:, j]),
-            nats_b=math.fsum(b[:, j]),
+            nats_a=float(a.nats[j]),
+            nats_b=float(b.nats[j]),
             ci=ci,
         )
     return out
