@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
+from bpbeval.attribution import CLASSES, POSITIONS, Attribution, AttributionSums, PartSums
 from bpbeval.statistics import (
     CONFIDENCE,
     MIN_DOCUMENTS,
@@ -44,6 +46,19 @@ def _reference_deltas(nats_a, nats_b, nbytes, replicates, seed):
             row.append(diff / denominator if denominator else math.nan)
         out.append(row)
     return np.array(out)
+
+
+def part_sums(nats, nbytes) -> PartSums:
+    """Per-document sums [documents, parts] as a corpus's first classes, summed by the real
+    AttributionSums (fewer documents than GROUPS: one group a document)."""
+    nats, nbytes = np.asarray(nats), np.asarray(nbytes)
+    pad = ((0, len(CLASSES) - nbytes.shape[1]),)
+    no_positions = (np.zeros(len(POSITIONS)), np.zeros(len(POSITIONS), dtype=np.int64))
+    sums = AttributionSums()
+    for i in range(len(nbytes)):
+        sums.add(i, Attribution(np.pad(nats[i], pad), np.pad(nbytes[i], pad), *no_positions))
+    classes = AttributionSums.combine(sums.arrays(), [sums.partials()]).classes
+    return PartSums(*(getattr(classes, f.name)[..., : nbytes.shape[1]] for f in fields(PartSums)))
 
 
 def _reference_ci(deltas):
@@ -106,8 +121,8 @@ def test_defaults_are_1000_replicates_with_seed_0():
     by_domain = paired_figures_by_domain(["x"] * 45, nats_a, nats_b, nbytes, tokens_a, tokens_b)
     assert by_domain["x"].replicates == 1000
     assert by_domain["x"].ci == pytest.approx(expected_ci, rel=1e-12)
-    columns = (x[:, None] for x in (nats_a, nats_b, nbytes))
-    assert paired_breakdown(["all"], *columns)["all"].ci == pytest.approx(expected_ci, rel=1e-12)
+    a, b = (part_sums(x[:, None], nbytes[:, None]) for x in (nats_a, nats_b))
+    assert paired_breakdown(["all"], a, b)["all"].ci == pytest.approx(expected_ci, rel=1e-12)
 
 
 # --- dtypes: whatever the inputs' dtype, sums are float64 / int64 ---------------------------
@@ -142,11 +157,14 @@ def test_float32_inputs_are_summed_in_float64_and_int64():
     assert (narrow.a.bytes, narrow.a.tokens) == (int(nbytes.sum()), int(tokens.sum()))
     assert narrow == figures
 
-    columns = [np.stack([x, x], axis=1) for x in (nats_a, nats_b)]
-    narrow_parts = paired_breakdown(["p", "q"], *columns, np.stack([nbytes, nbytes], 1).astype(f32),
-                                    replicates=500)  # fmt: skip
-    parts = paired_breakdown(["p", "q"], *(np.stack([x, x], 1) for x in wide),
-                             np.stack([nbytes, nbytes], 1), replicates=500)  # fmt: skip
+    both = np.stack([nbytes, nbytes], 1)
+    narrow_parts = paired_breakdown(
+        ["p", "q"], *(part_sums(np.stack([x, x], 1), both) for x in (nats_a, nats_b)),
+        replicates=500,
+    )  # fmt: skip
+    parts = paired_breakdown(
+        ["p", "q"], *(part_sums(np.stack([x, x], 1), both) for x in wide), replicates=500
+    )
     assert narrow_parts["p"].bytes == int(nbytes.sum())
     assert narrow_parts == parts
 
@@ -182,8 +200,12 @@ def test_refusals_say_what_was_wrong():
         sign_flip_p_value([], [], permutations=10, seed=0)
     with pytest.raises(ValueError, match="permutations must be at least 1, got 0"):
         sign_flip_p_value([1.0], [2.0], permutations=0, seed=0)
-    with pytest.raises(ValueError, match=r"need \[documents, 2\] arrays; got \(3, 2\), \(3, 2\)"):
-        paired_breakdown(["x", "y"], np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 1), int))
+    two = part_sums(np.ones((3, 2)), np.ones((3, 2), dtype=int))
+    with pytest.raises(ValueError, match=r"need sums of the same 3 parts .* got 2 and 2 parts"):
+        paired_breakdown(["x", "y", "z"], two, two)
+    other = part_sums(np.ones((3, 2)), 2 * np.ones((3, 2), dtype=int))
+    with pytest.raises(ValueError, match=r"over the same bytes; .* over 6 and 12 bytes"):
+        paired_breakdown(["x", "y"], two, other)
 
 
 def test_all_flips_are_enumerated_only_where_2_to_the_n_fits_in_int64():
@@ -231,9 +253,10 @@ def test_parts_are_counted_from_one_byte_and_a_part_without_bytes_skips_only_its
     nats_a = nbytes * rng.uniform(0.5, 2.0, size=nbytes.shape)
     nats_b = nbytes * rng.uniform(0.5, 2.0, size=nbytes.shape)
     empty = np.zeros((3, 3))  # documents with no bytes at all: left out before resampling
+    with_empty = np.concatenate([nbytes, empty.astype(int)])
     parts = paired_breakdown(
         ["absent", "single", "some"],
-        *(np.concatenate([x, empty]) for x in (nats_a, nats_b, nbytes)),
+        *(part_sums(np.concatenate([x, empty]), with_empty) for x in (nats_a, nats_b)),
         replicates=500,
         seed=8,
     )
