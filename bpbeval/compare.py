@@ -46,6 +46,8 @@ from bpbeval.statistics import (
 
 # Documents listed each way: where A beats B most, where B beats A most, each model's hardest.
 HIGHLIGHTS = 10
+# Documents whose per-document figures are worked out at once, to pick the highlights.
+HIGHLIGHT_BLOCK = 1 << 16
 SNIPPET_CHARS = 60
 
 
@@ -148,30 +150,29 @@ def compare_scores(
 
 
 def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str, list[Highlight]]:
-    scored = a.documents.bytes > 0  # the others' bpb is NaN
+    def block_picks(rows: slice) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        # Per-document figures of one block of documents: a few columns of a block at a time.
+        x, y = a.documents[rows], b.documents[rows]
+        scored = x.bytes > 0  # the others' bpb is NaN
+        bpb_a, bpb_b = x.bits_per_byte, y.bits_per_byte
+        delta = bpb_a - bpb_b
+        return {
+            "a_beats_b": _most(-delta, scored & (delta < 0)),
+            "b_beats_a": _most(delta, scored & (delta > 0)),
+            "hardest_a": _most(bpb_a, scored),
+            "hardest_b": _most(bpb_b, scored),
+        }
 
-    def most(values: np.ndarray, where: np.ndarray) -> list[int]:
-        # The HIGHLIGHTS largest where ``where``, ties to the earlier document, so the lists are
-        # reproducible: the cut from a partition, then a stable sort of the few at or above it,
-        # never a sort of every document.
-        count = min(HIGHLIGHTS, int(np.count_nonzero(where)))
-        if count == 0:
-            return []
-        keyed = np.where(where, values, -np.inf)
-        cut = np.partition(keyed, len(keyed) - count)[len(keyed) - count]
-        rows = np.flatnonzero(where & (keyed >= cut))
-        return rows[np.argsort(-keyed[rows], kind="stable")[:HIGHLIGHTS]].tolist()
-
-    # One model's bpb column at a time where it can be: a few columns of every document at most.
-    hardest_a = most(a.documents.bits_per_byte, scored)
-    hardest_b = most(b.documents.bits_per_byte, scored)
-    delta = a.documents.bits_per_byte - b.documents.bits_per_byte
-    picks = {
-        "a_beats_b": most(-delta, scored & (delta < 0)),
-        "b_beats_a": most(delta, scored & (delta > 0)),
-        "hardest_a": hardest_a,
-        "hardest_b": hardest_b,
-    }
+    # Every document's HIGHLIGHTS largest are among its block's HIGHLIGHTS largest (ties go to
+    # the earlier document, in a block as overall): so the best of each block, then of those.
+    candidates: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for start in range(0, len(a.documents), HIGHLIGHT_BLOCK):
+        for key, (rows, values) in block_picks(slice(start, start + HIGHLIGHT_BLOCK)).items():
+            candidates.setdefault(key, []).append((rows + start, values))
+    picks = {}
+    for key, found in candidates.items():
+        rows, values = (np.concatenate(column) for column in zip(*found, strict=True))
+        picks[key] = rows[np.lexsort((rows, -values))[:HIGHLIGHTS]].tolist()  # largest, earliest
     wanted = {i for rows in picks.values() for i in rows}
     # Scores hold positions, not ids: the listed documents' ids and text come from the input.
     listed = {i: document for i, document in enumerate(documents) if i in wanted}
@@ -182,6 +183,23 @@ def _highlights(documents: Iterable[Document], a: Scores, b: Scores) -> dict[str
         return Highlight(listed[i].id, x.bytes, x.bits_per_byte, y.bits_per_byte, snippet)
 
     return {key: [highlight(i) for i in rows] for key, rows in picks.items()}
+
+
+def _most(values: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and values of the ``HIGHLIGHTS`` largest ``values`` where ``where``, largest
+    first, ties to the earlier row.
+
+    The cut from a partition, then a stable sort of the few at or above it, never a sort of
+    every document.
+    """
+    count = min(HIGHLIGHTS, int(np.count_nonzero(where)))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    keyed = np.where(where, values, -np.inf)
+    cut = np.partition(keyed, len(keyed) - count)[len(keyed) - count]
+    rows = np.flatnonzero(where & (keyed >= cut))
+    rows = rows[np.argsort(-keyed[rows], kind="stable")[:HIGHLIGHTS]]
+    return rows, keyed[rows]
 
 
 def _check_same_bytes(documents: Iterable[Document], a: Scores, b: Scores) -> None:

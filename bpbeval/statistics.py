@@ -219,13 +219,20 @@ def bootstrap_delta(
     rng = np.random.default_rng(seed)
     out = np.empty((replicates, *n_bytes.shape[1:]), dtype=np.float64)
     rows = max(1, _BLOCK_ELEMENTS // n_bytes.size)
+    index = _draw_dtype(n)
     for start in range(0, replicates, rows):
         block = range(start, min(start + rows, replicates))
-        idx = np.stack([rng.integers(0, n, size=n) for _ in block])
+        idx = np.stack([rng.integers(0, n, size=n, dtype=index) for _ in block])
         denominator = math.log(2) * n_bytes[idx].sum(axis=1)
         with np.errstate(invalid="ignore"):  # 0 / 0: a part absent from the whole resample
             out[start : block.stop] = a[idx].sum(1) / denominator - b[idx].sum(1) / denominator
     return out
+
+
+def _draw_dtype(n: int) -> type:
+    # Below 2**31, numpy's bounded draws give the same numbers as int32 as they do as int64
+    # (both take 32 bits a number): half the memory for the index columns of millions of rows.
+    return np.int32 if n <= 2**31 else np.int64
 
 
 def enumerates_all_flips(documents: int, permutations: int) -> bool:
@@ -284,8 +291,9 @@ def sign_flip_p_value(
     rows = max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, permutations, rows):
         block = range(start, min(start + rows, permutations))
-        flips = np.stack([rng.integers(0, 2, size=n) for _ in block])
-        extreme += int(np.count_nonzero(np.abs((1 - 2 * flips) @ d) >= threshold))
+        signs = np.stack([rng.integers(0, 2, size=n, dtype=np.int32) for _ in block]) * -2.0
+        signs += 1.0  # a flip is -1
+        extreme += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
     return (1 + extreme) / (1 + permutations)
 
 

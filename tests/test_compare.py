@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from bpbeval import compare
 from bpbeval.checkpoint import load, save
 from bpbeval.cli import run
 from bpbeval.compare import HIGHLIGHTS, _highlights, main
@@ -430,9 +431,12 @@ def test_documents_without_text_are_one_line(tmp_path, checkpoints):
     _one_line_error(status, err, 1, "no text to compare on")
 
 
-def test_the_documents_listed_are_those_a_full_stable_sort_lists_first():
+@pytest.mark.parametrize("block", [compare.HIGHLIGHT_BLOCK, 7])
+def test_the_documents_listed_are_those_a_full_stable_sort_lists_first(monkeypatch, block):
     # Ties and documents of 0 bytes, many: the lists must be what sorting every document
-    # (stable: ties to the earlier one) and taking the first HIGHLIGHTS gives.
+    # (stable: ties to the earlier one) and taking the first HIGHLIGHTS gives, whether the
+    # documents are looked at in one block or in several.
+    monkeypatch.setattr(compare, "HIGHLIGHT_BLOCK", block)
     rng = np.random.default_rng(0)
     for _ in range(200):
         n = int(rng.integers(1, 60))
