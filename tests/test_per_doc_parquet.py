@@ -31,9 +31,9 @@ def _scores(rng: np.random.Generator, n_bytes: np.ndarray, *, attributed: bool) 
     domains = np.array([None, "web", "code", "wiki"] * n + [None], dtype=object)[:n]
     nats = rng.random(n) * 100
     tokens = rng.integers(1, 50, size=n)
-    attribution = None
+    per_document = None
     if attributed:
-        attribution = Attributions(
+        per_document = Attributions(
             class_nats=rng.random((n, len(CLASSES))),
             class_bytes=rng.integers(0, 9, size=(n, len(CLASSES))),
             position_nats=rng.random((n, len(POSITIONS))),
@@ -41,7 +41,12 @@ def _scores(rng: np.random.Generator, n_bytes: np.ndarray, *, attributed: bool) 
         )
     documents = DocumentScores(domain=domains, nats=nats, bytes=n_bytes, tokens=tokens)
     return Scores(
-        documents, float(nats.sum()), int(n_bytes.sum()), int(tokens.sum()), False, attribution
+        documents,
+        float(nats.sum()),
+        int(n_bytes.sum()),
+        int(tokens.sum()),
+        False,
+        per_document_attribution=per_document,
     )
 
 
@@ -62,11 +67,12 @@ def _expected(documents: list[Document], a: Scores, b: Scores) -> pa.Table:
             "nats_b": float(b.documents.nats[i]),
             "tokens_b": int(b.documents.tokens[i]),
         }
-        if a.attribution is not None:
+        parts_a, parts_b = a.per_document_attribution, b.per_document_attribution
+        if parts_a is not None and parts_b is not None:
             for k, name in enumerate(CLASSES):
-                row[f"bytes_{name}"] = int(a.attribution.class_bytes[i, k])
-                row[f"nats_a_{name}"] = float(a.attribution.class_nats[i, k])
-                row[f"nats_b_{name}"] = float(b.attribution.class_nats[i, k])
+                row[f"bytes_{name}"] = int(parts_a.class_bytes[i, k])
+                row[f"nats_a_{name}"] = float(parts_a.class_nats[i, k])
+                row[f"nats_b_{name}"] = float(parts_b.class_nats[i, k])
         rows.append(row)
     types = {"id": pa.string(), "domain": pa.string()}
     fields = [

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
-from dataclasses import replace
+from dataclasses import fields, replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from bpbeval.attribution import CLASSES, Attributions, attribute
+from bpbeval import attribution
+from bpbeval.attribution import (
+    CLASSES,
+    Attributions,
+    CorpusAttribution,
+    PartSums,
+    attribute,
+    document_groups,
+)
 from bpbeval.cache import ResultCache
 from bpbeval.checkpoint import Checkpoint, load
 from bpbeval.data import Document, read_documents
@@ -48,6 +58,49 @@ def _rows(attribution: Attributions) -> list[tuple[list, ...]]:
 
 
 _FIELDS = ("class_nats", "class_bytes", "position_nats", "position_bytes")
+_TOTALS = ("nats", "bytes", "documents")
+_PART_SUMS = tuple(f.name for f in fields(PartSums))  # the totals and the groups
+
+
+def _hex(array: np.ndarray) -> list:
+    """Floats by their bits (``float.hex``): lists equal only where the arrays are bit-identical."""
+    if array.dtype.kind == "f":
+        return np.vectorize(float.hex, otypes=[str])(array).tolist()
+    return array.tolist()
+
+
+def _sums(corpus: CorpusAttribution, names=_PART_SUMS) -> dict:
+    return {
+        f"{part}.{name}": _hex(getattr(getattr(corpus, part), name))
+        for part in ("classes", "positions")
+        for name in names
+    }
+
+
+def _check_corpus_sums(corpus: CorpusAttribution, per_document: Attributions) -> None:
+    """The corpus's sums are those of its per-document rows, summed here: totals by
+    ``math.fsum``, each group's documents (``document_groups``) in exact fractions."""
+    groups = document_groups(np.arange(len(per_document)))
+    for sums, nats, n_bytes in (
+        (corpus.classes, per_document.class_nats, per_document.class_bytes),
+        (corpus.positions, per_document.position_nats, per_document.position_bytes),
+    ):
+        assert sums.nats.tolist() == [math.fsum(column) for column in nats.T]
+        assert sums.bytes.tolist() == n_bytes.sum(axis=0).tolist()
+        assert sums.documents.tolist() == (n_bytes > 0).sum(axis=0).tolist()
+        held = n_bytes.sum(axis=1) > 0  # a document without bytes is in no group
+        rows = sorted(set(groups[held].tolist()))
+        assert len(sums.group_nats) == len(sums.group_bytes) == len(rows)
+        for got_nats, got_bytes, group in zip(sums.group_nats, sums.group_bytes, rows, strict=True):
+            members = np.flatnonzero(held & (groups == group))
+            assert got_bytes.tolist() == n_bytes[members].sum(axis=0).tolist()
+            if len(members) == 1:
+                assert _hex(got_nats) == _hex(nats[members[0]])
+                continue
+            # Summed in whole units of 2**-24 nat: each document's nats at most half a unit off.
+            for got, column in zip(got_nats, nats[members].T, strict=True):
+                exact = sum(map(Fraction, column.tolist()))
+                assert abs(Fraction(float(got)) - exact) <= Fraction(len(members), 2**25)
 
 
 @pytest.mark.parametrize("which", ["byte_level", "native"])
@@ -55,16 +108,19 @@ def test_attribution_is_the_brute_force_token_nats_spread_over_bytes(
     which, request, long_documents, context_len
 ):
     checkpoint, model = request.getfixturevalue(which)
-    scores = score_documents(checkpoint, long_documents, progress=False)
+    scores = score_documents(
+        checkpoint, long_documents, per_document_attribution=True, progress=False
+    )
     table = checkpoint.tokenizer.token_bytes().numpy()
-    assert scores.attribution is not None and len(scores.attribution) == len(long_documents)
+    per_document = scores.per_document_attribution
+    assert per_document is not None and len(per_document) == len(long_documents)
     for i, document in enumerate(long_documents):
         ids = checkpoint.tokenizer.encode_batch([document.text])[0]
         nats = brute_force_token_nats(
             model, checkpoint.tokenizer.bos_id, ids, context_len, context_len // 2
         )
         expected = attribute(document.text, nats, table[ids])
-        got = scores.attribution[i]
+        got = per_document[i]
         assert got.class_bytes.tolist() == expected.class_bytes.tolist()
         assert got.position_bytes.tolist() == expected.position_bytes.tolist()
         # The engine's nats are float32 per token (as the metric's), the brute force's float64.
@@ -75,11 +131,17 @@ def test_attribution_is_the_brute_force_token_nats_spread_over_bytes(
         assert int(got.class_bytes.sum()) == int(got.position_bytes.sum()) == doc.bytes
         for part in (got.class_nats, got.position_nats):
             assert math.fsum(part) == pytest.approx(doc.nats, rel=1e-9, abs=1e-9)
+    _check_corpus_sums(scores.attribution, per_document)
 
 
 def test_attribution_is_bit_identical_for_any_batching_and_order(byte_level, long_documents):
     checkpoint, _ = byte_level
-    reference = score_documents(checkpoint, long_documents, stride=5, progress=False)
+    reference = score_documents(
+        checkpoint, long_documents, stride=5, per_document_attribution=True, progress=False
+    )
+    expected = dict(
+        zip([d.id for d in long_documents], _rows(reference.per_document_attribution), strict=True)
+    )
     shuffled = long_documents[::-1]
     for options, docs in [
         ({"batch_tokens": 1}, long_documents),
@@ -87,36 +149,55 @@ def test_attribution_is_bit_identical_for_any_batching_and_order(byte_level, lon
         ({"batch_tokens": 64, "lookahead_tokens": 0}, long_documents),
         ({"batch_tokens": 200}, shuffled),
     ]:
-        scores = score_documents(checkpoint, docs, stride=5, progress=False, **options)
-        rows = dict(zip([d.id for d in docs], _rows(scores.attribution), strict=True))
-        expected = dict(
-            zip([d.id for d in long_documents], _rows(reference.attribution), strict=True)
+        scores = score_documents(
+            checkpoint, docs, stride=5, per_document_attribution=True, progress=False, **options
         )
+        per_document = scores.per_document_attribution
+        rows = dict(zip([d.id for d in docs], _rows(per_document), strict=True))
         assert rows == expected, options  # exact, not approx
+        _check_corpus_sums(scores.attribution, per_document)
+        # Groups follow input positions, so a new order regroups; totals do not move.
+        names = _TOTALS if docs is shuffled else _PART_SUMS
+        assert _sums(scores.attribution, names) == _sums(reference.attribution, names), options
 
 
 def test_a_resumed_run_carries_the_same_attribution(byte_level, long_documents, tmp_path):
     checkpoint, _ = byte_level
-    fresh = score_documents(checkpoint, long_documents, progress=False)
+    fresh = score_documents(
+        checkpoint, long_documents, per_document_attribution=True, progress=False
+    )
     for make in (DictCache, lambda: ResultCache(tmp_path, identity="x", settings={})):
         cache = make()
         score_documents(checkpoint, long_documents[::2], cache=cache, progress=False)
         if isinstance(cache, ResultCache):  # read back from its files, as a new run would
             cache.close()
             cache = ResultCache(tmp_path, identity="x", settings={})
-        resumed = score_documents(checkpoint, long_documents, cache=cache, progress=False)
-        assert _rows(resumed.attribution) == _rows(fresh.attribution)
+        resumed = score_documents(
+            checkpoint, long_documents, cache=cache, per_document_attribution=True, progress=False
+        )
+        assert _rows(resumed.per_document_attribution) == _rows(fresh.per_document_attribution)
+        assert _sums(resumed.attribution) == _sums(fresh.attribution)
+        _check_corpus_sums(resumed.attribution, resumed.per_document_attribution)
 
 
 def test_no_attribution_when_off_or_when_tokens_miss_bytes(byte_level, long_documents):
     checkpoint, _ = byte_level
-    assert (
-        score_documents(checkpoint, long_documents, attribution=False, progress=False).attribution
-        is None
+    unasked = score_documents(checkpoint, long_documents, progress=False)
+    assert unasked.attribution is not None and unasked.per_document_attribution is None
+    off = score_documents(
+        checkpoint, long_documents, attribution=False, per_document_attribution=True, progress=False
     )
+    assert off.attribution is None and off.per_document_attribution is None
     inexact = replace(checkpoint, tokenizer=DropsAccents(checkpoint.tokenizer))
-    scores = score_documents(inexact, long_documents, allow_inexact_bytes=True, progress=False)
-    assert scores.bytes_from_text and scores.attribution is None
+    scores = score_documents(
+        inexact,
+        long_documents,
+        allow_inexact_bytes=True,
+        per_document_attribution=True,
+        progress=False,
+    )
+    assert scores.bytes_from_text
+    assert scores.attribution is None and scores.per_document_attribution is None
 
 
 def test_a_cache_line_with_a_bad_attribution_is_corrupt(tmp_path):
@@ -136,40 +217,68 @@ def test_a_cache_line_with_a_bad_attribution_is_corrupt(tmp_path):
 
 
 PER_DOCUMENT = """
-import json, sys
-from bpbeval import distributed
+import dataclasses, sys
+import numpy as np
+from bpbeval import attribution, distributed
 from bpbeval.checkpoint import load
 from bpbeval.data import read_documents
 from bpbeval.scoring import score_documents
 
 checkpoint, data, out = sys.argv[1:]
+attribution.GROUPS = 4  # later documents join groups of several, some of both ranks' documents
+
+
+def flat(prefix, value):
+    if not dataclasses.is_dataclass(value):
+        return {prefix: value}
+    return {key: array for field in dataclasses.fields(value)
+            for key, array in flat(f"{prefix}.{field.name}", getattr(value, field.name)).items()}
+
+
 with distributed.process_group("cpu"):
-    scores = score_documents(load(checkpoint), read_documents(data), stride=5, progress=False)
+    scores = score_documents(
+        load(checkpoint), read_documents(data), stride=5, per_document_attribution=True,
+        progress=False,
+    )
     if distributed.rank() == 0:
-        parts = scores.attribution
-        rows = [[v.hex() for v in parts.class_nats[i]] + [v.hex() for v in parts.position_nats[i]]
-                for i in range(len(parts))]
-        json.dump(rows, open(out, "w"))
+        np.savez(out, **flat("attribution", scores.attribution),
+                 **flat("per_document_attribution", scores.per_document_attribution))
 """
 
 
 @pytest.mark.slow
 def test_attribution_is_bit_identical_at_world_size_2(
-    native_checkpoint, documents_jsonl, tmp_path, spawn
+    native_checkpoint, documents_jsonl, tmp_path, spawn, monkeypatch
 ):
     checkpoint_path = str(native_checkpoint[0])
     script = tmp_path / "attribution.py"
     script.write_text(PER_DOCUMENT)
-    argv = torchrun(
-        2, str(script), checkpoint_path, str(documents_jsonl), str(tmp_path / "out.json")
-    )
+    out = tmp_path / "out.npz"
+    argv = torchrun(2, str(script), checkpoint_path, str(documents_jsonl), str(out))
     process = spawn(argv, env=torchrun_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
+
+    monkeypatch.setattr(attribution, "GROUPS", 4)
     documents = list(read_documents(documents_jsonl))
-    parts = score_documents(load(checkpoint_path), documents, stride=5, progress=False).attribution
-    expected = [
-        [v.hex() for v in parts.class_nats[i]] + [v.hex() for v in parts.position_nats[i]]
-        for i in range(len(parts))
-    ]
-    assert json.loads((tmp_path / "out.json").read_text()) == expected
+    reference = score_documents(
+        load(checkpoint_path), documents, stride=5, per_document_attribution=True, progress=False
+    )
+    keys = [
+        f"attribution.{part}.{name}" for part in ("classes", "positions") for name in _PART_SUMS
+    ] + [f"per_document_attribution.{f.name}" for f in fields(Attributions)]
+    with np.load(out) as saved:
+        assert sorted(saved.files) == sorted(keys)
+        for key in keys:
+            expected = functools.reduce(getattr, key.split("."), reference)
+            assert _hex(saved[key]) == _hex(expected), key
+
+    per_document = reference.per_document_attribution
+    _check_corpus_sums(reference.attribution, per_document)
+    # What the grouping is for: a group of one document, and one of documents of both ranks
+    # (round-robin: a document's rank is its position's parity).
+    groups = document_groups(np.arange(len(documents)))
+    held = per_document.class_bytes.sum(axis=1) > 0
+    members = [np.flatnonzero(held & (groups == group)) for group in range(4)]
+    assert any(len(m) == 1 for m in members)
+    assert any(len(set((m % 2).tolist())) == 2 for m in members)
