@@ -395,14 +395,17 @@ def paired_figures_by_domain(
         {'x': (2, 4.0), 'y': (1, 2.0)}
     """
     keys = np.asarray(domains, dtype=object)
-    keys = np.where(np.equal(keys, None), "", keys)
     arrays = [np.asarray(x) for x in (nats_a, nats_b, nbytes, tokens_a, tokens_b)]
     out = {}
-    for domain in sorted(set(keys)):
+    # No copy of the labels (millions of documents): None is matched where "" is.
+    for domain in sorted({"" if key is None else key for key in set(keys)}):
         mask = keys == domain
-        if arrays[2][mask].sum() > 0:
+        if domain == "":
+            mask |= np.equal(keys, None)
+        if arrays[2].sum(where=mask) > 0:
+            rows = slice(None) if mask.all() else mask  # one domain: no copies either
             out[domain] = paired_figures(
-                *(x[mask] for x in arrays), replicates=replicates, seed=seed
+                *(x[rows] for x in arrays), replicates=replicates, seed=seed
             )
     return out
 

@@ -124,6 +124,18 @@ def test_domains_pool_to_the_overall_figures():
     assert by_domain["web"] == paired_figures(*(x[web] for x in arrays), replicates=500, seed=3)
 
 
+def test_no_domain_and_the_empty_domain_are_one_and_a_single_domain_is_the_whole():
+    nats_a, nats_b, nbytes, tokens_a, tokens_b = _documents(90, seed=7, ratio=0.95)
+    arrays = (nats_a, nats_b, nbytes, tokens_a, tokens_b)
+    domains = [[None, "", "web"][i % 3] for i in range(90)]
+    by_domain = paired_figures_by_domain(domains, *arrays, replicates=500, seed=4)
+    unlabelled = [i for i, d in enumerate(domains) if not d]
+    assert list(by_domain) == ["", "web"]
+    assert by_domain[""] == paired_figures(*(x[unlabelled] for x in arrays), replicates=500, seed=4)
+    alone = paired_figures_by_domain(["web"] * 90, *arrays, replicates=500, seed=4)
+    assert alone == {"web": paired_figures(*arrays, replicates=500, seed=4)}
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     st.lists(
