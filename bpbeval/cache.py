@@ -27,6 +27,7 @@ from __future__ import annotations
 import array
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -305,6 +306,8 @@ def _check(line: object) -> None:
         or not all(type(line[k]) is t for k, t in _FIELDS.items())
     ):
         raise ValueError(f"expected the fields {sorted(_FIELDS)} and maybe attribution")
+    if not math.isfinite(line["nats"]) or line["bytes"] < 0 or line["tokens"] < 0:
+        raise ValueError("expected finite nats, and bytes and tokens of at least 0")
     parts = line.get("attribution")
     if parts is None:
         return
@@ -316,6 +319,8 @@ def _check(line: object) -> None:
             raise ValueError(f"expected {length} values in attribution's {key}")
         if not all(type(v) is kind for v in values):
             raise ValueError(f"expected {kind.__name__}s in attribution's {key}")
+        if not all(math.isfinite(v) and (kind is float or v >= 0) for v in values):
+            raise ValueError(f"expected finite values (counts at least 0) in attribution's {key}")
 
 
 def _digest(document_id: str, sha256: str) -> bytes:

@@ -147,8 +147,10 @@ def check_causal(checkpoint: Checkpoint, *, context_len: int, device: str | torc
     spacing (blocks that see each other, a mask off by one at some offsets) still
     shows. Also refuses a model whose vocabulary is smaller than its tokenizer's.
 
+    Logits of -inf (ids a model masks out) are fine where both agree; NaN logits are refused.
+
     Raises:
-        ScoringError: the model sees the future, or returns logits of the wrong shape.
+        ScoringError: the model sees the future, returns logits of the wrong shape, or NaN.
         CheckpointError: the model has fewer output ids than the tokenizer.
     """
     vocab = checkpoint.tokenizer.vocab_size
@@ -174,9 +176,12 @@ def check_causal(checkpoint: Checkpoint, *, context_len: int, device: str | torc
         cuts = sorted({1, context_len - 1, *inner.tolist()})
     with torch.inference_mode():
         reference = checkpoint.model(ids.to(device)).double()
+        if bool(reference.isnan().any()):
+            raise ScoringError("the model returns NaN logits; check its weights and --dtype")
         # Relative to the logits' size: float32 kernels may differ in the last bits, 16-bit more.
         relative = 1e-4 if logits.dtype in (torch.float32, torch.float64) else 3e-2
-        tolerance = relative * max(1.0, float(reference.abs().max()))
+        finite = reference[reference.isfinite()]
+        tolerance = relative * max(1.0, float(finite.abs().max()) if finite.numel() else 0.0)
         for first in range(0, len(cuts), PROBE_BATCH):
             batch = cuts[first : first + PROBE_BATCH]
             variants = ids.repeat(len(batch), 1)
@@ -184,7 +189,10 @@ def check_causal(checkpoint: Checkpoint, *, context_len: int, device: str | torc
                 variants[row, cut:] = changed[0, cut:]
             logits = checkpoint.model(variants.to(device)).double()
             for row, cut in enumerate(batch):
-                change = float((logits[row, :cut] - reference[0, :cut]).abs().max())
+                before, expected = logits[row, :cut], reference[0, :cut]
+                # Equal infinities are no change (inf - inf would be NaN); any NaN is.
+                difference = torch.where(before == expected, 0.0, (before - expected).abs())
+                change = float(difference.max())
                 if not change <= tolerance:
                     raise ScoringError(
                         f"the model is not causal: changing tokens {cut}.. changed the logits at "
@@ -328,13 +336,19 @@ def score_documents(
         progress_bytes = documents.size_bytes()
     bar = _Progress(show, progress_bytes)
     inexact: tuple[int, str, int, int] | None = None  # this rank's first, by input position
+    infinite: tuple[int, str, float] | None = None  # the same, for nats that are not finite
 
     def finished(record: _Record) -> None:
+        nonlocal infinite
         score = record.cached
         if score is None:
             nats = 0.0
             for value in record.window_nats:  # in window order: the same sum for any batching
                 nats += value
+            if not math.isfinite(nats):  # neither kept nor cached: the run fails at the end
+                found = (record.index, record.document.id, nats)
+                infinite = found if infinite is None else min(infinite, found)
+                return
             score = DocumentScore(
                 record.document.domain,
                 nats,
@@ -399,6 +413,13 @@ def score_documents(
     finally:
         encoded.close()
         bar.close()
+    broken = [problem for problem in distributed.all_gather(infinite) if problem is not None]
+    if broken:
+        _, doc_id, nats = min(broken)
+        raise ScoringError(
+            f"the model's loss on document {doc_id} is {nats} nats: it gives some token "
+            "probability 0 (or NaN logits); check its weights and --dtype"
+        )
     found = [problem for problem in distributed.all_gather(inexact) if problem is not None]
     if found and not allow_inexact_bytes:
         _, doc_id, from_tokens, from_text = min(found)

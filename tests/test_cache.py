@@ -145,6 +145,11 @@ with ResultCache({str(tmp_path)!r}, identity="model-a", settings={SETTINGS!r}) a
         b'{"bytes":"12","id":"d9","nats":1.0,"sha256":"' + b"0" * 64 + b'","tokens":1}',
         b'{"bytes":12,"id":"d9","nats":1.0,"sha256":"0","tokens":1}',
         b'{"bytes":12,"id":"d9","nats":1.0,"sha256":"' + b"g" * 64 + b'","tokens":1}',
+        # Figures no scoring gives: they would reach every report as NaN or a negative count.
+        b'{"bytes":12,"id":"d9","nats":NaN,"sha256":"' + b"0" * 64 + b'","tokens":1}',
+        b'{"bytes":12,"id":"d9","nats":Infinity,"sha256":"' + b"0" * 64 + b'","tokens":1}',
+        b'{"bytes":-12,"id":"d9","nats":1.0,"sha256":"' + b"0" * 64 + b'","tokens":1}',
+        b'{"bytes":12,"id":"d9","nats":1.0,"sha256":"' + b"0" * 64 + b'","tokens":-1}',
     ],
 )
 def test_a_corrupt_line_is_a_cache_error_naming_it(tmp_path, line):

@@ -16,6 +16,7 @@ from bpbeval.checkpoint import Checkpoint, load
 from bpbeval.data import Document
 from bpbeval.errors import CheckpointError, DataError, ScoringError
 from bpbeval.scoring import DocumentScore, rolling_windows, score_documents
+from tests.test_bruteforce import brute_force_token_nats
 
 
 @given(st.integers(0, 200), st.integers(2, 40), st.data())
@@ -371,3 +372,53 @@ def test_a_bfloat16_model_is_scored_with_a_float32_log_softmax(byte_tokenizer, m
     scored = score_documents(checkpoint, [document], progress=False).documents[0].nats
     assert scored == pytest.approx(in_float32, rel=1e-6)
     assert abs(in_bfloat16 - in_float32) > 1e-4 * in_float32  # the check can tell them apart
+
+
+class Masked(torch.nn.Module):
+    """A model that gives some ids logits of ``value`` (-inf: never predicted; NaN: broken)."""
+
+    def __init__(self, inner: torch.nn.Module, ids: list[int], value: float) -> None:
+        super().__init__()
+        self.inner, self.ids, self.value = inner, ids, value
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(ids).clone()
+        logits[..., self.ids] = self.value
+        return logits
+
+
+def test_ids_masked_out_with_minus_infinity_are_scored_as_the_model_says(byte_level, documents):
+    # Models mask ids they never predict (padding of the vocabulary) with -inf: the causality
+    # probe must not read inf - inf as a change, nor take an infinite tolerance.
+    checkpoint, model = byte_level
+    tokenizer = checkpoint.tokenizer
+    used = {i for ids in tokenizer.encode_batch([d.text for d in documents]) for i in ids}
+    unused = sorted(set(range(256)) - used)[:8]
+    masked = Masked(model, unused, -math.inf)
+    scores = score_documents(replace(checkpoint, model=masked), documents, stride=4, progress=False)
+    for doc, score in zip(documents, scores.documents, strict=True):
+        ids = tokenizer.encode_batch([doc.text])[0]
+        nats = brute_force_token_nats(masked, tokenizer.bos_id, ids, checkpoint.context_len, 4)
+        assert score.nats == pytest.approx(math.fsum(nats), rel=1e-6, abs=1e-9)
+    # The probe still sees a leak behind the mask.
+    leaky = Masked(Leaky(tokenizer.vocab_size), unused, -math.inf)
+    with pytest.raises(ScoringError, match="not causal"):
+        score_documents(replace(checkpoint, model=leaky), documents, progress=False)
+
+
+def test_a_model_that_gives_a_token_probability_0_or_nan_is_refused(byte_level, documents):
+    checkpoint, model = byte_level
+    tokenizer = checkpoint.tokenizer
+    # Every document's bytes with an "e" in them: the first such document is named.
+    e = tokenizer.encode_batch(["e"])[0]
+    first = next(d.id for d in documents if "e" in d.text)
+    never_e = replace(checkpoint, model=Masked(model, e, -math.inf))
+    with pytest.raises(ScoringError, match=f"loss on document {first} is inf nats"):
+        score_documents(never_e, documents, progress=False)
+    cache = DictCache()
+    with pytest.raises(ScoringError):
+        score_documents(never_e, documents, cache=cache, progress=False)
+    assert all(math.isfinite(score.nats) for score in cache.scores.values())  # none cached
+    nan = replace(checkpoint, model=Masked(model, e, math.nan))
+    with pytest.raises(ScoringError, match="the model returns NaN logits"):
+        score_documents(nan, documents, progress=False)

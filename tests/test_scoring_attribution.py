@@ -15,6 +15,7 @@ import pytest
 from bpbeval import attribution
 from bpbeval.attribution import (
     CLASSES,
+    POSITIONS,
     Attributions,
     CorpusAttribution,
     PartSums,
@@ -207,13 +208,17 @@ def test_a_cache_line_with_a_bad_attribution_is_corrupt(tmp_path):
         cache.put(document, DocumentScore(None, 3.0, 3, 2, parts))
     assert ResultCache(tmp_path, identity="x", settings={}).get(document).attribution == parts
     file = next(tmp_path.rglob("scores-*.jsonl"))
-    line = json.loads(file.read_text())
-    line["attribution"]["class_bytes"] = line["attribution"]["class_bytes"][:-1]
-    file.write_text(json.dumps(line) + "\n")
-    with pytest.raises(
-        CacheError, match=f"expected {len(CLASSES)} values in attribution's class_bytes"
-    ):
-        ResultCache(tmp_path, identity="x", settings={})
+    good = json.loads(file.read_text())
+    for key, value, message in [
+        ("class_bytes", good["attribution"]["class_bytes"][:-1], f"expected {len(CLASSES)} values"),
+        ("class_bytes", [-1] * len(CLASSES), "expected finite values"),
+        ("position_nats", [math.nan] * len(POSITIONS), "expected finite values"),
+    ]:
+        line = json.loads(json.dumps(good))
+        line["attribution"][key] = value
+        file.write_text(json.dumps(line) + "\n")
+        with pytest.raises(CacheError, match=f"{message}.* in attribution's {key}"):
+            ResultCache(tmp_path, identity="x", settings={})
 
 
 PER_DOCUMENT = """
