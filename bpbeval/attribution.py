@@ -42,7 +42,9 @@ bytes per token), which the curve shows too.
 
 Everything is reduced per document to a few sums (:class:`Attribution`: nats and bytes per
 class and per bucket, float64 and int64), never kept per token or per byte across a corpus.
-Per-class and per-bucket sums each add up to the document's totals.
+Per-class and per-bucket sums each add up to the document's totals. A corpus's are summed
+into memory that does not grow with it (:class:`AttributionSums`): exact totals, and the same
+sums over :data:`GROUPS` random groups of documents, which the breakdown's bootstrap resamples.
 """
 
 from __future__ import annotations
