@@ -222,11 +222,17 @@ def bootstrap_delta(
     index = _draw_dtype(n)
     for start in range(0, replicates, rows):
         block = range(start, min(start + rows, replicates))
-        idx = np.stack([rng.integers(0, n, size=n, dtype=index) for _ in block])
+        idx = _stacked([rng.integers(0, n, size=n, dtype=index) for _ in block])
         denominator = math.log(2) * n_bytes[idx].sum(axis=1)
         with np.errstate(invalid="ignore"):  # 0 / 0: a part absent from the whole resample
             out[start : block.stop] = a[idx].sum(1) / denominator - b[idx].sum(1) / denominator
+        del idx  # not alive while the next block is drawn: a column of millions of rows
     return out
+
+
+def _stacked(rows: list[np.ndarray]) -> np.ndarray:
+    # A block of one row (millions of documents): a view of it, not np.stack's copy.
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)
 
 
 def _draw_dtype(n: int) -> type:
@@ -291,9 +297,10 @@ def sign_flip_p_value(
     rows = max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, permutations, rows):
         block = range(start, min(start + rows, permutations))
-        signs = np.stack([rng.integers(0, 2, size=n, dtype=np.int32) for _ in block]) * -2.0
+        signs = _stacked([rng.integers(0, 2, size=n, dtype=np.int32) for _ in block]) * -2.0
         signs += 1.0  # a flip is -1
         extreme += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
+        del signs  # as in bootstrap_delta
     return (1 + extreme) / (1 + permutations)
 
 
