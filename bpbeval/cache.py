@@ -321,6 +321,14 @@ def _check(line: object) -> None:
             raise ValueError(f"expected {kind.__name__}s in attribution's {key}")
         if not all(math.isfinite(v) and (kind is float or v >= 0) for v in values):
             raise ValueError(f"expected finite values (counts at least 0) in attribution's {key}")
+    # A document's parts add up to its totals, as scoring makes them: sums that do not
+    # would make a breakdown that disagrees with the bpb above it.
+    for part in ("class", "position"):
+        nats = math.fsum(parts[f"{part}_nats"])
+        if sum(parts[f"{part}_bytes"]) != line["bytes"] or not math.isclose(
+            nats, line["nats"], rel_tol=1e-6, abs_tol=1e-6
+        ):
+            raise ValueError(f"expected attribution's {part} sums to add up to the line's")
 
 
 def _digest(document_id: str, sha256: str) -> bytes:

@@ -168,13 +168,20 @@ def test_an_unreadable_cache_is_a_cache_error(tmp_path):
         ResultCache(not_a_directory, identity="model-a", settings=SETTINGS)
 
 
-def _parts(rng: np.random.Generator) -> Attribution:
-    return Attribution(
-        rng.random(len(CLASSES)) * 100,
-        rng.integers(0, 10**6, len(CLASSES)),
-        rng.random(len(POSITIONS)) * 100,
-        rng.integers(0, 10**6, len(POSITIONS)),
+def _with_parts(rng: np.random.Generator, score: DocumentScore) -> DocumentScore:
+    """``score`` with random class and position sums that add up to its totals, as scoring's."""
+
+    def split(parts: int) -> tuple[np.ndarray, np.ndarray]:
+        weights = rng.random(parts)
+        cuts = np.sort(rng.integers(0, score.bytes + 1, parts - 1))
+        return score.nats * weights / weights.sum(), np.diff([0, *cuts, score.bytes])
+
+    (class_nats, class_bytes), (position_nats, position_bytes) = (
+        split(len(CLASSES)),
+        split(len(POSITIONS)),
     )
+    return replace(score, attribution=Attribution(class_nats, class_bytes, position_nats,
+                                                  position_bytes))  # fmt: skip
 
 
 def test_many_entries_read_back_exactly_and_the_first_line_wins(tmp_path):
@@ -184,7 +191,7 @@ def test_many_entries_read_back_exactly_and_the_first_line_wins(tmp_path):
     docs = [Document(f"d{i}", f"doc {i} {'é' * (i % 5)}", "web") for i in range(50_000)]
     scores = {
         writer: [
-            replace(_score(doc, i + writer), attribution=_parts(rng) if i % 10 == 0 else None)
+            _with_parts(rng, _score(doc, i + writer)) if i % 10 == 0 else _score(doc, i + writer)
             for i, doc in enumerate(docs)
         ]
         for writer in (0, 1)
@@ -224,7 +231,7 @@ def test_many_entries_read_back_exactly_and_the_first_line_wins(tmp_path):
 def test_attribution_is_read_again_and_a_changed_file_is_a_cache_error(tmp_path):
     rng = np.random.default_rng(1)
     docs = _docs(3)
-    scores = [replace(_score(d, i), attribution=_parts(rng)) for i, d in enumerate(docs)]
+    scores = [_with_parts(rng, _score(d, i)) for i, d in enumerate(docs)]
     with ResultCache(tmp_path, identity="model-a", settings=SETTINGS) as cache:
         for doc, score in zip(docs, scores, strict=True):
             cache.put(doc, score)
@@ -279,11 +286,10 @@ print(json.dumps({
 
 def test_an_open_cache_keeps_tens_of_bytes_a_document(tmp_path):
     rng = np.random.default_rng(0)
-    parts = _parts(rng)
     with ResultCache(tmp_path, identity="model-a", settings=SETTINGS) as cache:
         for i in range(300_000):
             doc = Document(f"d{i}", f"document {i}", None)
-            cache.put(doc, replace(_score(doc, i), attribution=parts if i % 10 == 0 else None))
+            cache.put(doc, _with_parts(rng, _score(doc, i)) if i % 10 == 0 else _score(doc, i))
     # A fresh process: nothing freed by the writes above lingers to be reused.
     result = subprocess.run(
         [sys.executable, "-c", MEMORY, str(tmp_path), json.dumps(SETTINGS)],

