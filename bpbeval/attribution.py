@@ -510,9 +510,10 @@ class AttributionSums:
     ) -> CorpusAttribution:
         """The corpus's sums from every rank's :meth:`arrays` (added up) and :meth:`partials`."""
         count, nats, units, n_bytes, documents = arrays
+        group_nats = units / _UNITS_PER_NAT
+        np.copyto(group_nats, nats, where=(count == 1)[:, None])
         held = count > 0
-        group_nats = np.where((count == 1)[:, None], nats, units / _UNITS_PER_NAT)[held]
-        group_bytes = n_bytes[held]
+        group_nats, group_bytes = group_nats[held], n_bytes[held]
         totals = np.array([math.fsum(p for rank in partials for p in rank[j])
                            for j in range(len(documents))])  # fmt: skip
 
