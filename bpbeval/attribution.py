@@ -245,6 +245,13 @@ class Attribution:
 
     __hash__ = None  # type: ignore[assignment]  # arrays inside
 
+    def parts(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """Nats and bytes of every part in one row each: the classes, then the buckets."""
+        return (
+            np.concatenate([self.class_nats, self.position_nats]),
+            np.concatenate([self.class_bytes, self.position_bytes]),
+        )
+
 
 def attribute(
     text: str,
@@ -324,6 +331,12 @@ class Attributions:
     class_bytes: NDArray[np.int64]
     position_nats: NDArray[np.float64]
     position_bytes: NDArray[np.int64]
+
+    @classmethod
+    def from_parts(cls, nats: NDArray[np.float64], n_bytes: NDArray[np.int64]) -> Attributions:
+        """Columns from [documents, parts] rows of :meth:`Attribution.parts`."""
+        k = len(CLASSES)
+        return cls(nats[:, :k], n_bytes[:, :k], nats[:, k:], n_bytes[:, k:])
 
     @classmethod
     def from_rows(cls, rows: Sequence[Attribution]) -> Attributions:
@@ -481,8 +494,8 @@ class AttributionSums:
         if not self._pending:
             return
         rows, self._pending = self._pending, []
-        nats = np.array([np.concatenate([r.class_nats, r.position_nats]) for _, r in rows])
-        n_bytes = np.array([np.concatenate([r.class_bytes, r.position_bytes]) for _, r in rows])
+        pairs = [r.parts() for _, r in rows]
+        nats, n_bytes = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
         has_bytes = n_bytes.sum(axis=1) > 0  # a document without bytes is in no part
         nats, n_bytes = nats[has_bytes], n_bytes[has_bytes]
         groups = document_groups(np.array([i for i, _ in rows], dtype=np.int64)[has_bytes])

@@ -790,8 +790,7 @@ class _Results:
         if self.attribution is not None and parts is not None:
             self.attribution.add(index, parts)
         if self.part_nats is not None and self.part_bytes is not None and parts is not None:
-            self.part_nats[row] = np.concatenate([parts.class_nats, parts.position_nats])
-            self.part_bytes[row] = np.concatenate([parts.class_bytes, parts.position_bytes])
+            self.part_nats[row], self.part_bytes[row] = parts.parts()
 
 
 def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) -> Scores:
@@ -821,10 +820,7 @@ def _gather(results: _Results, metric: BitsPerByte, *, bytes_from_text: bool) ->
             part_nats = distributed.gather_shards(results.part_nats.take(rows))
             part_bytes = distributed.gather_shards(results.part_bytes.take(rows))
             if part_nats is not None and part_bytes is not None:
-                k = len(CLASSES)
-                per_document = Attributions(
-                    part_nats[:, :k], part_bytes[:, :k], part_nats[:, k:], part_bytes[:, k:]
-                )
+                per_document = Attributions.from_parts(part_nats, part_bytes)
     totals = None
     documents = DocumentScores.from_rows([])
     if nats is not None and n_bytes is not None and tokens is not None and fresh is not None:
